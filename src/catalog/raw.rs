@@ -1,0 +1,116 @@
+//! The catalog file as written: serde structs that mirror the TOML one to one.
+//!
+//! Nothing here is trusted. Fields that later checks may complain about are wrapped in
+//! [`Spanned`] so that an error can point at the exact line and column. The validated model
+//! in [`super::model`] is built from these by [`super::validate`].
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub name: Spanned<String>,
+    pub description: Spanned<String>,
+    pub homepage: Option<String>,
+    #[serde(default)]
+    pub on_demand: bool,
+    pub idle_stop: Option<Spanned<String>>,
+    #[serde(default)]
+    pub uses: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub shared: bool,
+    pub gpu: Option<Spanned<String>>,
+    #[serde(default)]
+    pub secrets: Vec<Spanned<String>>,
+    pub start_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    pub containers: Vec<Spanned<RawContainer>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawContainer {
+    pub name: Spanned<String>,
+    pub image: Spanned<String>,
+    #[serde(default)]
+    pub command: Vec<String>,
+    pub entrypoint: Option<String>,
+    pub user: Option<String>,
+    #[serde(default)]
+    pub after: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub env: BTreeMap<String, Spanned<String>>,
+    pub cap_add: Option<Spanned<Vec<String>>>,
+    pub cap_add_reason: Option<String>,
+    #[serde(default)]
+    pub read_only: bool,
+    #[serde(default)]
+    pub init: bool,
+    #[serde(default)]
+    pub tmpfs: Vec<Spanned<String>>,
+    pub no_new_privileges: Option<Spanned<bool>>,
+    pub privileges_reason: Option<String>,
+    #[serde(default)]
+    pub ports: Vec<Spanned<RawPort>>,
+    #[serde(default)]
+    pub volumes: Vec<Spanned<RawVolume>>,
+    #[serde(default)]
+    pub files: Vec<Spanned<RawFile>>,
+    pub health: Option<Spanned<RawHealth>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPort {
+    pub name: Spanned<String>,
+    pub host: Spanned<i64>,
+    pub container: Spanned<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVolume {
+    pub name: Option<Spanned<String>>,
+    pub host: Option<Spanned<String>>,
+    pub target: Spanned<String>,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFile {
+    pub target: Spanned<String>,
+    pub content: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub cmd: Spanned<String>,
+    pub interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub retries: Option<Spanned<i64>>,
+    pub start_period: Option<Spanned<String>>,
+}
+
+/// `/etc/berth/policy.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    /// Host paths containers may mount (exactly, or anything below them).
+    #[serde(default)]
+    pub allowed_host_paths: Vec<Spanned<String>>,
+    /// Lowest and highest stable port a service may claim.
+    pub port_min: Option<Spanned<i64>>,
+    pub port_max: Option<Spanned<i64>>,
+    /// Services users may not enable.
+    #[serde(default)]
+    pub denied_services: Vec<Spanned<String>>,
+    /// Services enabled for a user who has not chosen otherwise.
+    #[serde(default)]
+    pub default_enabled: Vec<Spanned<String>>,
+}

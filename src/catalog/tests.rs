@@ -1,0 +1,169 @@
+use super::*;
+
+fn one(text: &str) -> Result<Catalog, CatalogError> {
+    from_sources(None, &[Source::new("/etc/berth/catalog.d/web.toml", text)])
+}
+
+fn diags(text: &str) -> Vec<Diagnostic> {
+    match one(text) {
+        Ok(_) => panic!("expected an error for:\n{text}"),
+        Err(e) => e.diagnostics().to_vec(),
+    }
+}
+
+const GOOD: &str = r#"
+name = "web"
+description = "a web page"
+
+[[containers]]
+name = "app"
+image = "localhost/web:1"
+env = { A = "1" }
+
+[[containers.ports]]
+name = "http"
+host = 18081
+container = 8080
+"#;
+
+#[test]
+fn good_file_parses() {
+    let c = one(GOOD).expect("valid");
+    let s = c.get("web").expect("web");
+    assert_eq!(s.containers[0].ports[0].host, 18081);
+    assert!(!s.is_pod());
+}
+
+#[test]
+fn unknown_field_names_line_and_field() {
+    let text = GOOD.replace("description = \"a web page\"", "description = \"a web page\"\ncolour = \"red\"");
+    let d = diags(&text);
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].line, 4, "{d:?}");
+    assert!(d[0].message.contains("colour"), "{}", d[0]);
+    assert!(d[0].to_string().starts_with("/etc/berth/catalog.d/web.toml:4:1:"), "{}", d[0]);
+}
+
+#[test]
+fn bad_toml_names_line() {
+    let d = diags("name = \"web\"\ndescription = \n");
+    assert_eq!(d[0].line, 2, "{d:?}");
+}
+
+#[test]
+fn privileged_port_rejected_with_location() {
+    let d = diags(&GOOD.replace("host = 18081", "host = 80"));
+    assert_eq!(d[0].field, "containers[0].ports[0].host");
+    assert_eq!((d[0].line, d[0].col), (12, 8), "{d:?}");
+    assert!(d[0].message.contains("privileged"));
+}
+
+#[test]
+fn port_clash_between_services_names_both() {
+    let other = GOOD.replace("\"web\"", "\"web2\"");
+    let e = from_sources(
+        None,
+        &[
+            Source::new("a/web.toml", GOOD),
+            Source::new("b/web2.toml", other),
+        ],
+    )
+    .expect_err("clash");
+    let d = e.diagnostics();
+    assert_eq!(d.len(), 1, "{d:?}");
+    let text = d[0].to_string();
+    assert!(text.starts_with("b/web2.toml:12:8:"), "{text}");
+    assert!(text.contains("18081") && text.contains("a/web.toml:12:8"), "{text}");
+}
+
+#[test]
+fn uses_cycle_detected() {
+    let a = GOOD.replace("name = \"web\"", "name = \"a\"\nuses = [\"b\"]");
+    let b = GOOD
+        .replace("name = \"web\"", "name = \"b\"\nuses = [\"a\"]")
+        .replace("18081", "18082");
+    let e = from_sources(None, &[Source::new("a.toml", a), Source::new("b.toml", b)]).expect_err("cycle");
+    assert!(e.to_string().contains("cycle"), "{e}");
+    assert!(e.to_string().contains("a.toml:3:9"), "{e}");
+}
+
+#[test]
+fn unknown_use_detected() {
+    let a = GOOD.replace("name = \"web\"", "name = \"web\"\nuses = [\"nope\"]");
+    assert!(diags(&a)[0].message.contains("unknown service \"nope\""));
+}
+
+#[test]
+fn after_cycle_and_order() {
+    let text = r#"
+name = "web"
+description = "x"
+[[containers]]
+name = "app"
+image = "localhost/a:1"
+after = ["db"]
+[[containers]]
+name = "db"
+image = "localhost/b:1"
+"#;
+    let c = one(text).expect("valid");
+    let names: Vec<_> = c.get("web").expect("web").containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["db", "app"]);
+    let cyc = text.replace("image = \"localhost/b:1\"", "image = \"localhost/b:1\"\nafter = [\"app\"]");
+    assert!(diags(&cyc)[0].message.contains("cycle"));
+}
+
+#[test]
+fn secrets_must_be_declared() {
+    let t = GOOD.replace("A = \"1\"", "A = \"${secret.pw}\"");
+    assert!(diags(&t)[0].message.contains("\"pw\""));
+    let ok = t.replace("description = \"a web page\"", "description = \"a web page\"\nsecrets = [\"pw\"]");
+    assert!(one(&ok).expect("valid").get("web").expect("web").containers[0].uses_secrets());
+}
+
+#[test]
+fn host_paths_follow_policy() {
+    let t = format!("{GOOD}\n[[containers.volumes]]\nhost = \"/etc\"\ntarget = \"/x\"\n");
+    assert!(diags(&t)[0].message.contains("not allowed by policy"));
+    let t = format!("{GOOD}\n[[containers.volumes]]\nhost = \"/shared/team\"\ntarget = \"/x\"\n");
+    assert!(one(&t).is_ok());
+}
+
+#[test]
+fn cap_add_needs_reason_and_no_sys_admin() {
+    let t = GOOD.replace("env = { A = \"1\" }", "cap_add = [\"CHOWN\"]");
+    assert!(diags(&t)[0].field.ends_with("cap_add_reason"));
+    let t = GOOD.replace("env = { A = \"1\" }", "cap_add = [\"SYS_ADMIN\"]\ncap_add_reason = \"x\"");
+    assert!(diags(&t)[0].message.contains("SYS_ADMIN"));
+}
+
+#[test]
+fn file_name_must_match_service() {
+    let e = from_sources(None, &[Source::new("x/other.toml", GOOD)]).expect_err("mismatch");
+    assert!(e.to_string().contains("web.toml"), "{e}");
+}
+
+#[test]
+fn later_layer_replaces_builtin_service() {
+    let over = GOOD.replace("18081", "18082");
+    let c = from_sources(None, &[Source::new("a/web.toml", GOOD), Source::new("b/web.toml", over)]).expect("valid");
+    assert_eq!(c.get("web").expect("web").containers[0].ports[0].host, 18082);
+}
+
+#[test]
+fn policy_port_range_applies() {
+    let policy = Source::new("/etc/berth/policy.toml", "port_min = 20000\n");
+    let e = from_sources(Some(&policy), &[Source::new("web.toml", GOOD)]).expect_err("range");
+    assert!(e.to_string().contains("outside the allowed range 20000..=65535"), "{e}");
+}
+
+#[test]
+fn builtin_catalog_is_valid() {
+    let c = load(&Layers { builtin: true, policy: None, files: vec![] }).expect("built-in catalog valid");
+    for name in [
+        "demo", "n8n", "ollama", "qdrant", "open-webui", "langfuse", "flowise", "searxng",
+        "gitlab-ce", "appflowy", "affine", "openproject", "supabase",
+    ] {
+        assert!(c.get(name).is_some(), "built-in catalog lacks {name}");
+    }
+}

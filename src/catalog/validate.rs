@@ -1,0 +1,781 @@
+//! Raw catalog files → validated [`Service`]s, collecting every problem with its location.
+//!
+//! Checks that need one file run in [`service`]; checks across services (port clashes, unknown
+//! or cyclic `uses`) run in [`across`] after layering, because an admin file may replace a
+//! built-in service and so change what clashes.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Range;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::model::{
+    Container, FileMount, Gpu, Health, Origin, Policy, Port, Service, Volume, VolumeSource,
+    SECRET_PREFIX,
+};
+use super::raw::{RawContainer, RawPolicy, RawService};
+use super::{Diagnostic, Source};
+
+/// Where a value sits in its file, kept for checks that run after layering.
+#[derive(Debug, Clone)]
+pub struct Loc {
+    pub file: PathBuf,
+    pub line: usize,
+    pub col: usize,
+}
+
+/// Locations of the values that cross-service checks may complain about.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceSpans {
+    pub ports: Vec<(u16, String, Option<Loc>)>,
+    pub uses: Vec<(String, Option<Loc>)>,
+}
+
+struct Ctx<'a> {
+    src: &'a Source,
+    diags: &'a mut Vec<Diagnostic>,
+}
+
+impl Ctx<'_> {
+    fn err(&mut self, span: Option<Range<usize>>, field: impl Into<String>, msg: impl Into<String>) {
+        self.diags
+            .push(self.src.diagnostic(span, field.into(), msg.into()));
+    }
+
+    fn loc(&self, span: Range<usize>) -> Loc {
+        let (line, col) = self.src.line_col(span.start);
+        Loc {
+            file: self.src.path.clone(),
+            line,
+            col,
+        }
+    }
+}
+
+const MAX_NAME: usize = 32;
+
+/// `[a-z][a-z0-9-]*`, at most 32 characters, no trailing or double dash.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_NAME
+        && s.as_bytes()[0].is_ascii_lowercase()
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.ends_with('-')
+        && !s.contains("--")
+}
+
+fn valid_env_name(s: &str) -> bool {
+    let mut bytes = s.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+fn valid_secret_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// Parses "500ms", "30s", "5m", "2h".
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("duration {s:?} needs a unit (ms, s, m or h)"))?;
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("duration {s:?} must start with a whole number"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("duration {s:?} has unknown unit {unit:?} (ms, s, m or h)")),
+    };
+    Ok(d)
+}
+
+/// A fully qualified image reference with a pinned tag or digest.
+pub fn check_image(image: &str) -> Result<(), String> {
+    if image.is_empty() || image.chars().any(|c| c.is_whitespace()) {
+        return Err("image reference must be non-empty and without spaces".into());
+    }
+    let (name, digest) = match image.split_once('@') {
+        Some((n, d)) => (n, Some(d)),
+        None => (image, None),
+    };
+    let (first, _) = name
+        .split_once('/')
+        .ok_or_else(|| format!("image {image:?} must name its registry (e.g. docker.io/{image})"))?;
+    if !(first.contains('.') || first.contains(':') || first == "localhost") {
+        return Err(format!(
+            "image {image:?} must name its registry (e.g. docker.io/{image})"
+        ));
+    }
+    let last = name.rsplit('/').next().unwrap_or(name);
+    let tag = last.split_once(':').map(|(_, t)| t);
+    if let Some(d) = digest {
+        if !d.starts_with("sha256:") || d.len() != 71 {
+            return Err(format!("image {image:?} has a malformed digest"));
+        }
+        return Ok(());
+    }
+    match tag {
+        None => Err(format!("image {image:?} must pin a tag or digest")),
+        Some("latest") => Err(format!(
+            "image {image:?} uses the moving tag \"latest\"; pin a version"
+        )),
+        Some(t)
+            if t.is_empty()
+                || t.len() > 128
+                || !t
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) =>
+        {
+            Err(format!("image {image:?} has a malformed tag"))
+        }
+        Some(_) => {
+            let path = &name[..name.len() - tag.map_or(0, |t| t.len() + 1)];
+            let repo = &path[first.len() + 1..];
+            if repo.is_empty()
+                || !repo
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/".contains(&b))
+            {
+                return Err(format!(
+                    "image {image:?} has a malformed repository (lowercase letters, digits, . _ - /)"
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+const CAPS: &[&str] = &[
+    "AUDIT_CONTROL", "AUDIT_READ", "AUDIT_WRITE", "BLOCK_SUSPEND", "BPF", "CHECKPOINT_RESTORE",
+    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "IPC_LOCK", "IPC_OWNER",
+    "KILL", "LEASE", "LINUX_IMMUTABLE", "MAC_ADMIN", "MAC_OVERRIDE", "MKNOD", "NET_ADMIN",
+    "NET_BIND_SERVICE", "NET_BROADCAST", "NET_RAW", "PERFMON", "SETFCAP", "SETGID", "SETPCAP",
+    "SETUID", "SYS_ADMIN", "SYS_BOOT", "SYS_CHROOT", "SYS_MODULE", "SYS_NICE", "SYS_PACCT",
+    "SYS_PTRACE", "SYS_RAWIO", "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "SYSLOG",
+    "WAKE_ALARM",
+];
+
+/// Lexically normal absolute path: starts with `/`, no `.` or `..` parts, and only characters
+/// that need no quoting in a unit file or a Podman `--volume` argument.
+fn normal_absolute(p: &str) -> bool {
+    let path = Path::new(p);
+    p.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+@".contains(&b))
+        && path.is_absolute()
+        && path
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+}
+
+/// The names inside every `${secret.NAME}` of `text`; `Err` on an unterminated reference.
+pub fn secret_refs(text: &str) -> Result<Vec<&str>, String> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find(SECRET_PREFIX) {
+        let after = &rest[i + SECRET_PREFIX.len()..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| "unterminated ${secret.…} reference".to_string())?;
+        out.push(&after[..end]);
+        rest = &after[end + 1..];
+    }
+    Ok(out)
+}
+
+fn span_of<T>(s: &Spanned<T>) -> Option<Range<usize>> {
+    Some(s.span())
+}
+
+fn duration(
+    cx: &mut Ctx<'_>,
+    v: &Option<Spanned<String>>,
+    field: &str,
+    default: Duration,
+) -> Duration {
+    match v {
+        None => default,
+        Some(s) => match parse_duration(s.get_ref()) {
+            Ok(d) => d,
+            Err(e) => {
+                cx.err(span_of(s), field, e);
+                default
+            }
+        },
+    }
+}
+
+/// Validates one file. Returns `None` when it had errors (they are in `diags`).
+pub fn service(
+    src: &Source,
+    raw: RawService,
+    policy: &Policy,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<(Service, ServiceSpans)> {
+    let before = diags.len();
+    let mut cx = Ctx { src, diags };
+    let mut spans = ServiceSpans::default();
+
+    let name = raw.name.get_ref().clone();
+    if !valid_name(&name) {
+        cx.err(
+            span_of(&raw.name),
+            "name",
+            format!("{name:?} is not a valid service name ([a-z][a-z0-9-]*, at most {MAX_NAME} characters)"),
+        );
+    } else if let Some(stem) = src.path.file_stem().and_then(|s| s.to_str()) {
+        if stem != name {
+            cx.err(
+                span_of(&raw.name),
+                "name",
+                format!("service {name:?} must live in a file named {name}.toml"),
+            );
+        }
+    }
+    let description = raw.description.get_ref().trim().to_string();
+    if description.is_empty() || description.contains('\n') {
+        cx.err(span_of(&raw.description), "description", "must be one non-empty line");
+    }
+    let gpu = match raw.gpu.as_ref().map(|g| g.get_ref().as_str()) {
+        None | Some("none") => Gpu::None,
+        Some("optional") => Gpu::Optional,
+        Some("required") => Gpu::Required,
+        Some(other) => {
+            cx.err(
+                raw.gpu.as_ref().and_then(span_of),
+                "gpu",
+                format!("{other:?} is not one of none, optional, required"),
+            );
+            Gpu::None
+        }
+    };
+    let idle_stop = duration(&mut cx, &raw.idle_stop, "idle_stop", Duration::from_secs(900));
+    let start_timeout = duration(
+        &mut cx,
+        &raw.start_timeout,
+        "start_timeout",
+        Duration::from_secs(120),
+    );
+
+    let mut secrets = Vec::new();
+    for s in &raw.secrets {
+        if !valid_secret_name(s.get_ref()) {
+            cx.err(span_of(s), "secrets", format!("{:?} is not a valid secret name ([a-z0-9_]+)", s.get_ref()));
+        } else if secrets.contains(s.get_ref()) {
+            cx.err(span_of(s), "secrets", format!("secret {:?} listed twice", s.get_ref()));
+        } else {
+            secrets.push(s.get_ref().clone());
+        }
+    }
+
+    let mut uses = Vec::new();
+    for u in &raw.uses {
+        if u.get_ref() == &name {
+            cx.err(span_of(u), "uses", "a service cannot use itself");
+        } else {
+            uses.push(u.get_ref().clone());
+            spans.uses.push((u.get_ref().clone(), Some(cx.loc(u.span()))));
+        }
+    }
+
+    if raw.containers.is_empty() {
+        cx.err(span_of(&raw.name), "containers", "a service needs at least one [[containers]] entry");
+    }
+    let mut containers = Vec::new();
+    let mut container_ports: HashMap<u16, String> = HashMap::new();
+    let mut port_names = BTreeSet::new();
+    for (i, rc) in raw.containers.iter().enumerate() {
+        let field = format!("containers[{i}]");
+        if let Some(c) = container(
+            &mut cx,
+            &field,
+            rc.get_ref(),
+            &secrets,
+            policy,
+            &mut spans,
+            &mut container_ports,
+            &mut port_names,
+        ) {
+            if containers.iter().any(|o: &Container| o.name == c.name) {
+                cx.err(
+                    span_of(&rc.get_ref().name),
+                    format!("{field}.name"),
+                    format!("container {:?} defined twice", c.name),
+                );
+            }
+            containers.push(c);
+        }
+    }
+    // Every `after` names a sibling; order containers so each follows what it names.
+    for (i, rc) in raw.containers.iter().enumerate() {
+        for a in &rc.get_ref().after {
+            if !containers.iter().any(|c| &c.name == a.get_ref()) {
+                cx.err(
+                    span_of(a),
+                    format!("containers[{i}].after"),
+                    format!("no container named {:?} in this service", a.get_ref()),
+                );
+            } else if a.get_ref() == rc.get_ref().name.get_ref() {
+                cx.err(span_of(a), format!("containers[{i}].after"), "a container cannot come after itself");
+            }
+        }
+    }
+    let containers = if cx.diags.len() == before {
+        match order_containers(containers) {
+            Ok(c) => c,
+            Err(cycle) => {
+                cx.err(
+                    raw.containers.first().map(|c| c.span()),
+                    "containers.after",
+                    format!("start order has a cycle: {}", cycle.join(" → ")),
+                );
+                Vec::new()
+            }
+        }
+    } else {
+        containers
+    };
+
+    if diags.len() > before {
+        return None;
+    }
+    Some((
+        Service {
+            name,
+            description,
+            homepage: raw.homepage,
+            on_demand: raw.on_demand,
+            idle_stop,
+            uses,
+            shared: raw.shared,
+            gpu,
+            secrets,
+            start_timeout,
+            containers,
+            origin: Origin {
+                file: src.path.clone(),
+            },
+        },
+        spans,
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn container(
+    cx: &mut Ctx<'_>,
+    field: &str,
+    rc: &RawContainer,
+    secrets: &[String],
+    policy: &Policy,
+    spans: &mut ServiceSpans,
+    container_ports: &mut HashMap<u16, String>,
+    port_names: &mut BTreeSet<String>,
+) -> Option<Container> {
+    let before = cx.diags.len();
+    let name = rc.name.get_ref().clone();
+    if !valid_name(&name) {
+        cx.err(
+            span_of(&rc.name),
+            format!("{field}.name"),
+            format!("{name:?} is not a valid container name ([a-z][a-z0-9-]*)"),
+        );
+    }
+    if let Err(e) = check_image(rc.image.get_ref()) {
+        cx.err(span_of(&rc.image), format!("{field}.image"), e);
+    }
+    let mut env = BTreeMap::new();
+    for (k, v) in &rc.env {
+        if !valid_env_name(k) {
+            cx.err(span_of(v), format!("{field}.env.{k}"), format!("{k:?} is not a valid variable name"));
+        }
+        check_secret_refs(cx, v, &format!("{field}.env.{k}"), secrets);
+        env.insert(k.clone(), v.get_ref().clone());
+    }
+    let mut cap_add = Vec::new();
+    if let Some(caps) = &rc.cap_add {
+        for c in caps.get_ref() {
+            let norm = c.trim_start_matches("CAP_").to_ascii_uppercase();
+            if !CAPS.contains(&norm.as_str()) {
+                cx.err(span_of(caps), format!("{field}.cap_add"), format!("unknown capability {c:?}"));
+            } else if norm == "SYS_ADMIN" {
+                cx.err(
+                    span_of(caps),
+                    format!("{field}.cap_add"),
+                    "SYS_ADMIN is not allowed: it amounts to --privileged",
+                );
+            } else {
+                cap_add.push(norm);
+            }
+        }
+        if !caps.get_ref().is_empty()
+            && rc.cap_add_reason.as_deref().is_none_or(|r| r.trim().is_empty())
+        {
+            cx.err(
+                span_of(caps),
+                format!("{field}.cap_add_reason"),
+                "cap_add needs cap_add_reason saying why the image needs these capabilities",
+            );
+        }
+    }
+    let no_new_privileges = rc.no_new_privileges.as_ref().is_none_or(|b| *b.get_ref());
+    if !no_new_privileges && rc.privileges_reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
+        cx.err(
+            rc.no_new_privileges.as_ref().and_then(span_of),
+            format!("{field}.privileges_reason"),
+            "no_new_privileges = false needs privileges_reason",
+        );
+    }
+    let mut tmpfs = Vec::new();
+    for t in &rc.tmpfs {
+        if !normal_absolute(t.get_ref()) {
+            cx.err(span_of(t), format!("{field}.tmpfs"), format!("{:?} must be an absolute path", t.get_ref()));
+        }
+        tmpfs.push(t.get_ref().clone());
+    }
+
+    let mut ports = Vec::new();
+    for (j, rp) in rc.ports.iter().enumerate() {
+        let pf = format!("{field}.ports[{j}]");
+        let p = rp.get_ref();
+        let pname = p.name.get_ref().clone();
+        if !valid_name(&pname) {
+            cx.err(span_of(&p.name), format!("{pf}.name"), format!("{pname:?} is not a valid port name"));
+        } else if !port_names.insert(pname.clone()) {
+            cx.err(span_of(&p.name), format!("{pf}.name"), format!("port name {pname:?} used twice in this service"));
+        }
+        let host = *p.host.get_ref();
+        let host_ok = host >= i64::from(policy.port_min) && host <= i64::from(policy.port_max);
+        if !host_ok {
+            cx.err(
+                span_of(&p.host),
+                format!("{pf}.host"),
+                format!(
+                    "port {host} is outside the allowed range {}..={}{}",
+                    policy.port_min,
+                    policy.port_max,
+                    if host < 1024 { " (privileged ports are not allowed)" } else { "" }
+                ),
+            );
+        }
+        let cport = *p.container.get_ref();
+        let cport_ok = (1..=65535).contains(&cport);
+        if !cport_ok {
+            cx.err(span_of(&p.container), format!("{pf}.container"), format!("port {cport} is not in 1..=65535"));
+        }
+        if host_ok && cport_ok {
+            let (host, cport) = (host as u16, cport as u16);
+            if let Some(other) = container_ports.insert(cport, name.clone()) {
+                cx.err(
+                    span_of(&p.container),
+                    format!("{pf}.container"),
+                    format!("container port {cport} is already used by container {other:?} of this service (they share one network namespace)"),
+                );
+            }
+            spans.ports.push((host, pname.clone(), Some(cx.loc(p.host.span()))));
+            ports.push(Port { name: pname, host, container: cport });
+        }
+    }
+
+    let mut volumes = Vec::new();
+    let mut targets = BTreeSet::new();
+    for (j, rv) in rc.volumes.iter().enumerate() {
+        let vf = format!("{field}.volumes[{j}]");
+        let v = rv.get_ref();
+        if !normal_absolute(v.target.get_ref()) {
+            cx.err(span_of(&v.target), format!("{vf}.target"), format!("{:?} must be an absolute path without . or ..", v.target.get_ref()));
+        }
+        if !targets.insert(v.target.get_ref().clone()) {
+            cx.err(span_of(&v.target), format!("{vf}.target"), "two mounts at the same target");
+        }
+        let source = match (&v.name, &v.host) {
+            (Some(n), None) => {
+                if !valid_name(n.get_ref()) {
+                    cx.err(span_of(n), format!("{vf}.name"), format!("{:?} is not a valid volume name", n.get_ref()));
+                }
+                VolumeSource::Named(n.get_ref().clone())
+            }
+            (None, Some(h)) => {
+                let hp = h.get_ref();
+                if !normal_absolute(hp) {
+                    cx.err(span_of(h), format!("{vf}.host"), format!("{hp:?} must be an absolute path without . or .."));
+                } else if !policy.allowed_host_paths.iter().any(|a| Path::new(hp).starts_with(a)) {
+                    cx.err(
+                        span_of(h),
+                        format!("{vf}.host"),
+                        format!(
+                            "host path {hp:?} is not allowed by policy (allowed: {})",
+                            policy.allowed_host_paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                        ),
+                    );
+                }
+                VolumeSource::Host(PathBuf::from(hp))
+            }
+            _ => {
+                cx.err(Some(rv.span()), &vf, "a volume needs exactly one of `name` (Podman volume) or `host` (host path)");
+                continue;
+            }
+        };
+        volumes.push(Volume { source, target: v.target.get_ref().clone(), read_only: v.read_only });
+    }
+    let mut files = Vec::new();
+    for (j, rf) in rc.files.iter().enumerate() {
+        let ff = format!("{field}.files[{j}]");
+        let f = rf.get_ref();
+        if !normal_absolute(f.target.get_ref()) {
+            cx.err(span_of(&f.target), format!("{ff}.target"), "must be an absolute path without . or ..");
+        }
+        if !targets.insert(f.target.get_ref().clone()) {
+            cx.err(span_of(&f.target), format!("{ff}.target"), "two mounts at the same target");
+        }
+        check_secret_refs(cx, &f.content, &format!("{ff}.content"), secrets);
+        files.push(FileMount { target: f.target.get_ref().clone(), content: f.content.get_ref().clone() });
+    }
+
+    let health = rc.health.as_ref().map(|rh| {
+        let h = rh.get_ref();
+        if h.cmd.get_ref().trim().is_empty() {
+            cx.err(span_of(&h.cmd), format!("{field}.health.cmd"), "must not be empty");
+        }
+        let retries = match &h.retries {
+            None => 3,
+            Some(r) if (1..=100).contains(r.get_ref()) => *r.get_ref() as u32,
+            Some(r) => {
+                cx.err(span_of(r), format!("{field}.health.retries"), "must be in 1..=100");
+                3
+            }
+        };
+        Health {
+            cmd: h.cmd.get_ref().clone(),
+            interval: duration(cx, &h.interval, &format!("{field}.health.interval"), Duration::from_secs(30)),
+            timeout: duration(cx, &h.timeout, &format!("{field}.health.timeout"), Duration::from_secs(5)),
+            retries,
+            start_period: duration(cx, &h.start_period, &format!("{field}.health.start_period"), Duration::from_secs(60)),
+        }
+    });
+
+    if cx.diags.len() > before {
+        return None;
+    }
+    Some(Container {
+        name,
+        image: rc.image.get_ref().clone(),
+        command: rc.command.clone(),
+        entrypoint: rc.entrypoint.clone(),
+        user: rc.user.clone(),
+        after: rc.after.iter().map(|a| a.get_ref().clone()).collect(),
+        env,
+        cap_add,
+        read_only: rc.read_only,
+        init: rc.init,
+        tmpfs,
+        no_new_privileges,
+        ports,
+        volumes,
+        files,
+        health,
+    })
+}
+
+fn check_secret_refs(cx: &mut Ctx<'_>, v: &Spanned<String>, field: &str, secrets: &[String]) {
+    match secret_refs(v.get_ref()) {
+        Err(e) => cx.err(span_of(v), field, e),
+        Ok(refs) => {
+            for r in refs {
+                if !secrets.iter().any(|s| s == r) {
+                    cx.err(span_of(v), field, format!("secret {r:?} is not listed in this service's `secrets`"));
+                }
+            }
+        }
+    }
+}
+
+/// Topological order by `after`, stable with respect to file order. `Err` names a cycle.
+fn order_containers(mut pending: Vec<Container>) -> Result<Vec<Container>, Vec<String>> {
+    let mut done: Vec<Container> = Vec::new();
+    while !pending.is_empty() {
+        let ready = pending
+            .iter()
+            .position(|c| c.after.iter().all(|a| done.iter().any(|d| &d.name == a)));
+        match ready {
+            Some(i) => done.push(pending.remove(i)),
+            None => return Err(pending.iter().map(|c| c.name.clone()).collect()),
+        }
+    }
+    Ok(done)
+}
+
+/// Checks across the layered catalog. `spans` holds the location data of each service.
+pub fn across(
+    services: &BTreeMap<String, Service>,
+    spans: &BTreeMap<String, ServiceSpans>,
+    policy: &Policy,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let mut owners: BTreeMap<u16, (String, String, Option<Loc>)> = BTreeMap::new();
+    for (name, sp) in spans {
+        for (port, pname, loc) in &sp.ports {
+            if let Some((other, opname, oloc)) = owners.get(port) {
+                let at = oloc
+                    .as_ref()
+                    .map(|l| format!(" ({}:{}:{})", l.file.display(), l.line, l.col))
+                    .unwrap_or_default();
+                diags.push(Diagnostic::at(
+                    loc.as_ref(),
+                    &services[name].origin.file,
+                    format!("ports.{pname}.host"),
+                    format!("port {port} is already taken by service {other:?} port {opname:?}{at}"),
+                ));
+            } else {
+                owners.insert(*port, (name.clone(), pname.clone(), loc.clone()));
+            }
+        }
+        for (u, loc) in &sp.uses {
+            if !services.contains_key(u) {
+                diags.push(Diagnostic::at(
+                    loc.as_ref(),
+                    &services[name].origin.file,
+                    "uses",
+                    format!("unknown service {u:?}"),
+                ));
+            }
+        }
+    }
+    if let Some(cycle) = uses_cycle(services) {
+        let first = &services[&cycle[0]];
+        let loc = spans.get(&cycle[0]).and_then(|s| s.uses.first()).and_then(|u| u.1.clone());
+        diags.push(Diagnostic::at(
+            loc.as_ref(),
+            &first.origin.file,
+            "uses",
+            format!("services use each other in a cycle: {}", cycle.join(" → ")),
+        ));
+    }
+    let _ = policy;
+}
+
+/// A cycle in `uses`, as the list of services along it (first repeated at the end).
+pub fn uses_cycle(services: &BTreeMap<String, Service>) -> Option<Vec<String>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        Active,
+        Done,
+    }
+    fn visit(
+        n: &str,
+        services: &BTreeMap<String, Service>,
+        marks: &mut HashMap<String, Mark>,
+        stack: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
+        match marks.get(n).copied().unwrap_or(Mark::New) {
+            Mark::Done => return None,
+            Mark::Active => {
+                let start = stack.iter().position(|s| s == n).unwrap_or(0);
+                let mut c: Vec<String> = stack[start..].to_vec();
+                c.push(n.to_string());
+                return Some(c);
+            }
+            Mark::New => {}
+        }
+        marks.insert(n.to_string(), Mark::Active);
+        stack.push(n.to_string());
+        if let Some(s) = services.get(n) {
+            for u in &s.uses {
+                if let Some(c) = visit(u, services, marks, stack) {
+                    return Some(c);
+                }
+            }
+        }
+        stack.pop();
+        marks.insert(n.to_string(), Mark::Done);
+        None
+    }
+    let mut marks = HashMap::new();
+    for n in services.keys() {
+        let mut stack = Vec::new();
+        if let Some(c) = visit(n, services, &mut marks, &mut stack) {
+            return Some(c);
+        }
+    }
+    None
+}
+
+/// Validates `/etc/berth/policy.toml`.
+pub fn policy(src: &Source, raw: RawPolicy, diags: &mut Vec<Diagnostic>) -> Policy {
+    let mut cx = Ctx { src, diags };
+    let mut p = Policy { allowed_host_paths: Vec::new(), ..Policy::default() };
+    for h in &raw.allowed_host_paths {
+        if !normal_absolute(h.get_ref()) || h.get_ref() == "/" {
+            cx.err(span_of(h), "allowed_host_paths", format!("{:?} must be an absolute path below /", h.get_ref()));
+        } else {
+            p.allowed_host_paths.push(PathBuf::from(h.get_ref()));
+        }
+    }
+    for (v, field, slot) in [(&raw.port_min, "port_min", &mut p.port_min), (&raw.port_max, "port_max", &mut p.port_max)] {
+        if let Some(v) = v {
+            if (1024..=65535).contains(v.get_ref()) {
+                *slot = *v.get_ref() as u16;
+            } else {
+                cx.err(span_of(v), field, "must be in 1024..=65535");
+            }
+        }
+    }
+    if p.port_min > p.port_max {
+        cx.err(raw.port_min.as_ref().and_then(span_of), "port_min", "must not exceed port_max");
+    }
+    p.denied_services = raw.denied_services.iter().map(|s| s.get_ref().clone()).collect();
+    p.default_enabled = raw.default_enabled.iter().map(|s| s.get_ref().clone()).collect();
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("5d").is_err());
+        assert!(parse_duration("m").is_err());
+    }
+
+    #[test]
+    fn images() {
+        assert!(check_image("docker.io/n8nio/n8n:1.64.3").is_ok());
+        assert!(check_image("localhost/berth-demo:1").is_ok());
+        assert!(check_image("registry.example:5000/a/b:v1").is_ok());
+        assert!(check_image(&format!("quay.io/x/y@sha256:{}", "a".repeat(64))).is_ok());
+        assert!(check_image("n8nio/n8n:1.0").is_err(), "registry is required");
+        assert!(check_image("docker.io/n8nio/n8n").is_err(), "tag is required");
+        assert!(check_image("docker.io/n8nio/n8n:latest").is_err());
+        assert!(check_image("docker.io/N8N/n8n:1").is_err());
+    }
+
+    #[test]
+    fn names() {
+        assert!(valid_name("open-webui"));
+        assert!(!valid_name("Open"));
+        assert!(!valid_name("a--b"));
+        assert!(!valid_name("-a"));
+        assert!(!valid_name("a-"));
+        assert!(!valid_name(&"a".repeat(33)));
+    }
+
+    #[test]
+    fn secrets_refs() {
+        assert_eq!(secret_refs("a${secret.x}b${secret.y_2}"), Ok(vec!["x", "y_2"]));
+        assert!(secret_refs("${secret.x").is_err());
+    }
+}

@@ -1,0 +1,393 @@
+//! The `berth` command line: argument parsing and one function per command. Commands other
+//! than `daemon`, `render` and `catalog validate` are clients of the daemon's API.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+use crate::catalog::{self, Layers};
+use crate::client::Client;
+use crate::paths::Paths;
+use crate::plan::Plan;
+use crate::status::{DaemonInfo, PassReport, ServiceStatus, State};
+use crate::units;
+
+#[derive(Debug, Parser)]
+#[command(name = "berth", version, about = "Run your AI services as rootless Podman containers under your own systemd")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Run the daemon (normally started by systemd as berth.service).
+    Daemon,
+    /// List services and their states.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one service in detail.
+    Status {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Enable a service: pull its images (showing progress), install and start it.
+    Enable {
+        name: String,
+        /// Do not pull missing images from here (the daemon still pulls them).
+        #[arg(long)]
+        no_pull: bool,
+    },
+    /// Disable a service: stop it and remove its units. Its data volumes are kept.
+    Disable { name: String },
+    /// Start a service (and enable it).
+    Start { name: String },
+    /// Stop a service and keep it stopped until started again.
+    Stop { name: String },
+    /// Restart a service.
+    Restart { name: String },
+    /// Show a service's container logs.
+    Logs {
+        name: String,
+        /// Keep following new lines.
+        #[arg(short, long)]
+        follow: bool,
+        /// Lines from the end to show first.
+        #[arg(short = 'n', long, default_value_t = 100)]
+        tail: usize,
+    },
+    /// Pull a service's images, showing progress.
+    Pull { name: String },
+    /// Print what the daemon would change now, without changing it.
+    Plan {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the daemon for a reconcile pass now and print what it did.
+    Reconcile {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-read the catalog and policy (a broken catalog is rejected; the old one stays).
+    Reload,
+    /// Show the daemon's version, Podman version, catalog and write counters.
+    Info {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the units of the catalog's services into DIR (for image builders).
+    Render {
+        #[arg(long)]
+        out: PathBuf,
+        /// Only these services (default: all).
+        names: Vec<String>,
+    },
+    /// Catalog tools.
+    Catalog {
+        #[command(subcommand)]
+        command: CatalogCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CatalogCmd {
+    /// Validate catalog files as a layer over the built-in catalog and /etc/berth/catalog.d.
+    Validate {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Validate the files alone, without the other layers.
+        #[arg(long)]
+        alone: bool,
+    },
+}
+
+fn client() -> Result<Client> {
+    let paths = Paths::from_env()?;
+    Ok(Client::new(&paths.socket()))
+}
+
+/// Rejects names that could not be services before they reach a URL.
+fn check_name(name: &str) -> Result<()> {
+    if !catalog::validate::valid_name(name) {
+        bail!("{name:?} is not a service name (see `berth ls`)");
+    }
+    Ok(())
+}
+
+pub async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Cmd::Daemon => {
+            let shutdown = async {
+                let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(t) => t,
+                    Err(_) => return std::future::pending().await,
+                };
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            };
+            crate::daemon::run(shutdown).await.context("berth daemon")
+        }
+        Cmd::Ls { json } => ls(json).await,
+        Cmd::Status { name, json } => status(&name, json).await,
+        Cmd::Enable { name, no_pull } => {
+            check_name(&name)?;
+            if !no_pull {
+                pull(&name, true).await?;
+            }
+            act(&name, "enable").await
+        }
+        Cmd::Disable { name } => act(&name, "disable").await,
+        Cmd::Start { name } => act(&name, "start").await,
+        Cmd::Stop { name } => act(&name, "stop").await,
+        Cmd::Restart { name } => act(&name, "restart").await,
+        Cmd::Logs { name, follow, tail } => {
+            check_name(&name)?;
+            let c = client()?;
+            let path = format!("/v1/services/{name}/logs?follow={follow}&tail={tail}");
+            let mut out = std::io::stdout().lock();
+            c.lines(hyper::Method::GET, &path, |l| {
+                let _stdout_closed = writeln!(out, "{l}").and_then(|_| out.flush());
+            })
+            .await?;
+            Ok(())
+        }
+        Cmd::Pull { name } => pull(&name, false).await,
+        Cmd::Plan { json } => {
+            let p: Plan = client()?.get("/v1/plan").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&p)?);
+            } else {
+                print!("{p}");
+            }
+            Ok(())
+        }
+        Cmd::Reconcile { json } => {
+            let r: PassReport = client()?.post("/v1/reconcile").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print_report(&r);
+            }
+            if !r.errors.is_empty() {
+                bail!("{} action(s) failed", r.errors.len());
+            }
+            Ok(())
+        }
+        Cmd::Reload => {
+            let r: crate::api::ReloadAnswer = client()?.post("/v1/catalog/reload").await?;
+            println!("catalog reloaded: {} services", r.services);
+            Ok(())
+        }
+        Cmd::Info { json } => {
+            let i: DaemonInfo = client()?.get("/v1/daemon").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&i)?);
+            } else {
+                println!("berth {} (pid {})", i.version, i.pid);
+                println!("podman {}", i.podman_version.as_deref().unwrap_or("unreachable"));
+                println!("catalog: {} services", i.catalog_services);
+                if let Some(e) = &i.catalog_error {
+                    println!("catalog error (last good catalog in force):\n{e}");
+                }
+                let c = &i.counters;
+                println!(
+                    "passes {}, systemd writes {}, podman writes {}, file writes {}",
+                    c.passes, c.systemd_writes, c.podman_writes, c.file_writes
+                );
+            }
+            Ok(())
+        }
+        Cmd::Render { out, names } => render(&out, &names),
+        Cmd::Catalog { command: CatalogCmd::Validate { paths, alone } } => validate(&paths, alone),
+    }
+}
+
+fn print_report(r: &PassReport) {
+    if r.applied.is_empty() && r.errors.is_empty() {
+        println!("nothing to do");
+    }
+    for a in &r.applied {
+        println!("  {a}");
+    }
+    for e in &r.errors {
+        println!("  error: {e}");
+    }
+    for (s, w) in &r.waiting {
+        println!("  {s}: {w}");
+    }
+}
+
+async fn pull(name: &str, quiet_when_present: bool) -> Result<()> {
+    check_name(name)?;
+    let c = client()?;
+    let mut err = std::io::stderr().lock();
+    let last = c
+        .lines(hyper::Method::POST, &format!("/v1/services/{name}/pull"), |l| {
+            if !(quiet_when_present && l.ends_with(": present")) && l != "ok" && !l.starts_with("error: ") {
+                let _stderr_closed = writeln!(err, "{l}");
+            }
+        })
+        .await?;
+    match last.as_deref() {
+        Some("ok") => Ok(()),
+        Some(l) if l.starts_with("error: ") => bail!("pull failed: {}", &l[7..]),
+        _ => bail!("pull ended without a result (daemon stopped?)"),
+    }
+}
+
+async fn act(name: &str, verb: &str) -> Result<()> {
+    check_name(name)?;
+    let c = client()?;
+    let r: PassReport = c.post(&format!("/v1/services/{name}/{verb}")).await?;
+    for a in &r.applied {
+        println!("  {a}");
+    }
+    let st: ServiceStatus = c.get(&format!("/v1/services/{name}")).await?;
+    print_one_line(&st);
+    let mine: Vec<&String> = r.errors.iter().filter(|e| e.contains(&units::main_unit(name)) || e.contains(name)).collect();
+    if !mine.is_empty() {
+        bail!("{}", mine.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("; "));
+    }
+    let ok = match verb {
+        "disable" => matches!(st.state, State::Off | State::Stopping),
+        "stop" => matches!(st.state, State::Stopped | State::Stopping),
+        _ => matches!(st.state, State::Running | State::Starting | State::Unhealthy),
+    };
+    if !ok {
+        bail!(
+            "{name} is {}{}",
+            st.state.as_str(),
+            st.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+fn print_one_line(st: &ServiceStatus) {
+    let urls: Vec<&str> = st.ports.iter().map(|p| p.url.as_str()).collect();
+    let mut line = format!("{}: {}", st.name, st.state.as_str());
+    if matches!(st.state, State::Running | State::Starting | State::Unhealthy) && !urls.is_empty() {
+        line.push_str(&format!(" — {}", urls.join(" ")));
+    }
+    if let Some(r) = &st.reason {
+        line.push_str(&format!(" ({r})"));
+    }
+    println!("{line}");
+}
+
+async fn ls(json: bool) -> Result<()> {
+    let c = client()?;
+    let list: Vec<ServiceStatus> = c.get("/v1/services").await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    let info: DaemonInfo = c.get("/v1/daemon").await?;
+    if let Some(e) = &info.catalog_error {
+        eprintln!("warning: the newest catalog is broken; the last good one stays in force:\n{e}\n");
+    }
+    println!("{:<14} {:<9} {:<10} {:<22} REASON", "NAME", "CHOICE", "STATE", "PORTS");
+    for s in list {
+        let ports: Vec<String> = s.ports.iter().map(|p| p.port.to_string()).collect();
+        println!(
+            "{:<14} {:<9} {:<10} {:<22} {}",
+            s.name,
+            s.choice,
+            s.state.as_str(),
+            ports.join(","),
+            s.reason.unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+async fn status(name: &str, json: bool) -> Result<()> {
+    check_name(name)?;
+    let st: ServiceStatus = client()?.get(&format!("/v1/services/{name}")).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&st)?);
+        return Ok(());
+    }
+    println!("{} — {}", st.name, st.description);
+    println!("  choice:  {}", st.choice);
+    println!("  state:   {}", st.state.as_str());
+    if let Some(r) = &st.reason {
+        println!("  reason:  {r}");
+    }
+    println!("  unit:    {} ({})", st.unit, st.unit_state);
+    for p in &st.ports {
+        println!("  port:    {} {}", p.name, p.url);
+    }
+    for c in &st.containers {
+        println!(
+            "  container {}: {}{}{}  [{}]",
+            c.name,
+            c.state,
+            c.health.as_deref().map(|h| format!(", {h}")).unwrap_or_default(),
+            c.started_at.as_deref().map(|t| format!(", since {t}")).unwrap_or_default(),
+            c.image
+        );
+    }
+    Ok(())
+}
+
+fn etc_dir() -> PathBuf {
+    std::env::var_os("BERTH_ETC_DIR").map_or_else(|| PathBuf::from("/etc/berth"), PathBuf::from)
+}
+
+fn render(out: &Path, names: &[String]) -> Result<()> {
+    let layers = Layers::standard(&etc_dir())?;
+    let cat = catalog::load(&layers)?;
+    for n in names {
+        if cat.get(n).is_none() {
+            bail!("unknown service {n:?}");
+        }
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("create {}", out.display()))?;
+    let ctx = crate::units::RenderCtx::default();
+    let mut count = 0;
+    for (name, svc) in &cat.services {
+        if !names.is_empty() && !names.contains(name) {
+            continue;
+        }
+        for u in units::render(svc, &ctx) {
+            let p = out.join(&u.name);
+            crate::fsutil::write_atomic(&p, u.content.as_bytes(), 0o644).with_context(|| format!("write {}", p.display()))?;
+            count += 1;
+        }
+    }
+    println!("wrote {count} units to {}", out.display());
+    Ok(())
+}
+
+fn validate(paths: &[PathBuf], alone: bool) -> Result<()> {
+    let mut layers = if alone {
+        Layers { builtin: false, policy: None, files: Vec::new() }
+    } else {
+        Layers::standard(&etc_dir())?
+    };
+    // The given files come last, so they replace same-named services of the other layers.
+    layers.files.retain(|f| !paths.iter().any(|p| same_file(p, f)));
+    layers.files.extend(paths.iter().cloned());
+    let cat = catalog::load(&layers)?;
+    let names: Vec<String> = paths
+        .iter()
+        .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .collect();
+    println!("ok: {} file(s) valid ({} services in the combined catalog)", names.len(), cat.services.len());
+    Ok(())
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}

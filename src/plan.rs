@@ -1,0 +1,290 @@
+//! The planner: desired state and actual state in, an ordered list of actions out. Pure.
+//!
+//! Order of a plan: stop what must stop, then change unit files, reload systemd once, then
+//! pull missing images, then start or restart (services a service `uses` first). An empty plan
+//! means the world already matches; applying it writes nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::Choice;
+use crate::systemd::UnitState;
+use crate::units::{self, UnitFile};
+
+/// What one service should look like.
+#[derive(Debug, Clone)]
+pub struct DesiredService {
+    pub choice: Choice,
+    /// Rendered units, main unit first.
+    pub units: Vec<UnitFile>,
+    pub images: Vec<String>,
+    pub uses: Vec<String>,
+    /// Why this service must not start (policy, a required GPU that is missing…).
+    pub blocked: Option<String>,
+    /// The user just asked to (re)start it: restart even if active, retry even if failed.
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Desired {
+    pub services: BTreeMap<String, DesiredService>,
+}
+
+/// What a pull of an image looks like right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PullState {
+    Running,
+    Failed(String),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Actual {
+    /// berth's unit files on disk: name → content.
+    pub unit_files: BTreeMap<String, String>,
+    /// berth's units loaded in systemd.
+    pub units: BTreeMap<String, UnitState>,
+    /// Units whose file changed since systemd loaded it.
+    pub stale: BTreeSet<String>,
+    /// Presence of the images asked about (only those of services that may start).
+    pub images: BTreeMap<String, bool>,
+    pub pulls: BTreeMap<String, PullState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    Stop { service: String, unit: String },
+    ResetFailed { service: String, unit: String },
+    RemoveUnit { service: String, unit: String },
+    WriteUnit { service: String, unit: String, #[serde(skip_serializing, default)] content: String },
+    DaemonReload,
+    Pull { service: String, image: String },
+    /// Write the service's env files (secrets) and mounted config files.
+    PrepareFiles { service: String },
+    Start { service: String, unit: String },
+    Restart { service: String, unit: String },
+}
+
+impl Action {
+    pub fn service(&self) -> Option<&str> {
+        match self {
+            Action::DaemonReload => None,
+            Action::Stop { service, .. }
+            | Action::ResetFailed { service, .. }
+            | Action::RemoveUnit { service, .. }
+            | Action::WriteUnit { service, .. }
+            | Action::Pull { service, .. }
+            | Action::PrepareFiles { service }
+            | Action::Start { service, .. }
+            | Action::Restart { service, .. } => Some(service),
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::Stop { unit, .. } => write!(f, "stop {unit}"),
+            Action::ResetFailed { unit, .. } => write!(f, "reset-failed {unit}"),
+            Action::RemoveUnit { unit, .. } => write!(f, "remove unit {unit}"),
+            Action::WriteUnit { unit, .. } => write!(f, "write unit {unit}"),
+            Action::DaemonReload => write!(f, "reload systemd"),
+            Action::Pull { image, .. } => write!(f, "pull {image}"),
+            Action::PrepareFiles { service } => write!(f, "write files of {service}"),
+            Action::Start { unit, .. } => write!(f, "start {unit}"),
+            Action::Restart { unit, .. } => write!(f, "restart {unit}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    /// Why a wanted service is not (yet) being started.
+    pub waiting: BTreeMap<String, String>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.actions.is_empty()
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.actions.is_empty() {
+            writeln!(f, "nothing to do")?;
+        }
+        for (i, a) in self.actions.iter().enumerate() {
+            writeln!(f, "{:>3}. {a}", i + 1)?;
+        }
+        for (s, why) in &self.waiting {
+            writeln!(f, "  {s}: {why}")?;
+        }
+        Ok(())
+    }
+}
+
+fn active_or_starting(u: Option<&UnitState>) -> bool {
+    u.is_some_and(|u| matches!(u.active.as_str(), "active" | "reloading" | "activating"))
+}
+
+/// Services ordered so that each comes after the services it uses (cycles are rejected by
+/// catalog validation; any left are broken by name order).
+fn start_order(desired: &Desired) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::new();
+    let mut seen = BTreeSet::new();
+    fn visit<'a>(n: &'a str, d: &'a Desired, seen: &mut BTreeSet<&'a str>, out: &mut Vec<&'a str>) {
+        if !seen.insert(n) {
+            return;
+        }
+        if let Some(s) = d.services.get(n) {
+            for u in &s.uses {
+                visit(u, d, seen, out);
+            }
+            out.push(n);
+        }
+    }
+    for n in desired.services.keys() {
+        visit(n, desired, &mut seen, &mut out);
+    }
+    out
+}
+
+pub fn plan(desired: &Desired, actual: &Actual) -> Plan {
+    let mut stops = Vec::new();
+    let mut files = Vec::new();
+    let mut pulls = Vec::new();
+    let mut starts: BTreeMap<&str, Vec<Action>> = BTreeMap::new();
+    let mut waiting = BTreeMap::new();
+    let mut reload = false;
+
+    // Services that exist on disk or in systemd but are no longer wanted.
+    let mut present: BTreeSet<&str> = BTreeSet::new();
+    for name in actual.unit_files.keys().chain(actual.units.keys()) {
+        if let Some(s) = units::service_of_unit(name) {
+            present.insert(s);
+        }
+    }
+    for svc in present {
+        let wanted = desired.services.get(svc).is_some_and(|d| d.choice != Choice::Off);
+        if wanted {
+            continue;
+        }
+        let main = units::main_unit(svc);
+        let state = actual.units.get(&main);
+        if active_or_starting(state) {
+            stops.push(Action::Stop { service: svc.into(), unit: main.clone() });
+        } else if state.is_some_and(|u| u.active == "failed") {
+            stops.push(Action::ResetFailed { service: svc.into(), unit: main.clone() });
+        }
+        for unit in actual.unit_files.keys().filter(|u| units::service_of_unit(u) == Some(svc)) {
+            files.push(Action::RemoveUnit { service: svc.into(), unit: unit.clone() });
+            reload = true;
+        }
+    }
+
+    for (name, d) in &desired.services {
+        if d.choice == Choice::Off {
+            continue;
+        }
+        let mut changed = false;
+        for u in &d.units {
+            if actual.unit_files.get(&u.name) != Some(&u.content) {
+                files.push(Action::WriteUnit {
+                    service: name.clone(),
+                    unit: u.name.clone(),
+                    content: u.content.clone(),
+                });
+                changed = true;
+            }
+            if actual.stale.contains(&u.name) {
+                reload = true;
+            }
+        }
+        for unit in actual.unit_files.keys().filter(|f| units::service_of_unit(f) == Some(name)) {
+            if !d.units.iter().any(|u| &u.name == unit) {
+                files.push(Action::RemoveUnit { service: name.clone(), unit: unit.clone() });
+                changed = true;
+            }
+        }
+        reload |= changed;
+
+        let Some(main) = d.units.first().map(|u| u.name.clone()) else { continue };
+        let state = actual.units.get(&main);
+        let running = state.is_some_and(|u| u.is_active());
+        if d.choice == Choice::Stopped {
+            if active_or_starting(state) {
+                stops.push(Action::Stop { service: name.clone(), unit: main });
+            }
+            continue;
+        }
+        if let Some(why) = &d.blocked {
+            waiting.insert(name.clone(), why.clone());
+            continue;
+        }
+        if running && !changed && !d.force {
+            continue;
+        }
+        if state.is_some_and(|u| u.active == "activating" || u.active == "deactivating") && !d.force {
+            continue;
+        }
+        let failed = state.is_some_and(|u| u.active == "failed");
+        if failed && !d.force && !changed {
+            waiting.insert(name.clone(), "failed; `berth start` retries".into());
+            continue;
+        }
+        if !running {
+            let missing: Vec<&String> = d
+                .images
+                .iter()
+                .filter(|i| actual.images.get(*i) == Some(&false))
+                .collect();
+            if !missing.is_empty() {
+                let mut why = Vec::new();
+                for image in missing {
+                    match actual.pulls.get(image) {
+                        Some(PullState::Running) => why.push(format!("pulling {image}")),
+                        Some(PullState::Failed(e)) if !d.force => {
+                            why.push(format!("image {image} is not present and could not be pulled: {e}"))
+                        }
+                        _ => {
+                            pulls.push(Action::Pull { service: name.clone(), image: image.clone() });
+                            why.push(format!("pulling {image}"));
+                        }
+                    }
+                }
+                waiting.insert(name.clone(), why.join("; "));
+                continue;
+            }
+        }
+        let mut acts = vec![Action::PrepareFiles { service: name.clone() }];
+        if failed {
+            acts.push(Action::ResetFailed { service: name.clone(), unit: main.clone() });
+        }
+        acts.push(if running {
+            Action::Restart { service: name.clone(), unit: main }
+        } else {
+            Action::Start { service: name.clone(), unit: main }
+        });
+        starts.insert(name.as_str(), acts);
+    }
+
+    let mut actions = stops;
+    actions.extend(files);
+    if reload {
+        actions.push(Action::DaemonReload);
+    }
+    actions.extend(pulls);
+    for name in start_order(desired) {
+        if let Some(a) = starts.remove(name) {
+            actions.extend(a);
+        }
+    }
+    Plan { actions, waiting }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,767 @@
+//! The reconciler: the one task that owns berth's state and the only code that changes the
+//! world (unit files, systemd, Podman).
+//!
+//! Each pass gathers the actual state, asks the pure planner what to do and applies that plan.
+//! A failing action of one service is recorded as that service's reason and skips the rest of
+//! that service only. Everything else talks to this task through [`Command`]s.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{info, warn};
+
+use crate::catalog::{self, Catalog, CatalogError, Gpu, Layers};
+use crate::fsutil::{create_dir, write_atomic};
+use crate::paths::Paths;
+use crate::plan::{self, Action, Actual, Desired, DesiredService, Plan, PullState};
+use crate::podman::{ContainerInspect, Podman};
+use crate::state::{substitute, Choice, SecretStore, StateError, UserState};
+use crate::status::{
+    ContainerStatus, Counters, DaemonInfo, PassReport, PortStatus, ServiceStatus, State,
+};
+use crate::systemd::{JobOutcome, Systemd, UnitState};
+use crate::unitdir::UnitStore;
+use crate::units::{self, RenderCtx};
+
+/// How long an apply waits for one start or stop job before moving on.
+const JOB_WAIT: Duration = Duration::from_secs(60);
+/// The slow safety pass.
+pub const SAFETY_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Errors an API caller can get back; each maps to one HTTP status in the api module.
+#[derive(Debug, Clone, thiserror::Error, serde::Serialize, serde::Deserialize)]
+pub enum EngineError {
+    #[error("unknown service {0:?} (see `berth ls`)")]
+    UnknownService(String),
+    #[error("service {0:?} is denied by the administrator's policy")]
+    Denied(String),
+    #[error("service {0:?} is not enabled (use `berth enable {0}`)")]
+    NotEnabled(String),
+    #[error("{0}")]
+    Catalog(String),
+    #[error("{0}")]
+    State(String),
+    #[error("the berth daemon is shutting down")]
+    Gone,
+}
+
+#[derive(Debug)]
+pub enum Command {
+    /// Set the user's choice for a service and converge. `force` restarts it even if running.
+    Choose {
+        service: String,
+        choice: Choice,
+        force: bool,
+        reply: oneshot::Sender<Result<PassReport, EngineError>>,
+    },
+    Reconcile {
+        reply: Option<oneshot::Sender<PassReport>>,
+    },
+    Plan {
+        reply: oneshot::Sender<Result<Plan, EngineError>>,
+    },
+    Status {
+        service: Option<String>,
+        reply: oneshot::Sender<Result<Vec<ServiceStatus>, EngineError>>,
+    },
+    Info {
+        reply: oneshot::Sender<DaemonInfo>,
+    },
+    ReloadCatalog {
+        reply: Option<oneshot::Sender<Result<usize, EngineError>>>,
+    },
+    /// A berth unit changed state (from the D-Bus watch).
+    UnitChanged(String),
+    PullDone {
+        image: String,
+        result: Result<(), String>,
+    },
+}
+
+/// A cheap handle for sending commands to the engine task.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    tx: mpsc::Sender<Command>,
+    catalog: watch::Receiver<Arc<Catalog>>,
+}
+
+impl Handle {
+    pub fn sender(&self) -> &mpsc::Sender<Command> {
+        &self.tx
+    }
+
+    /// The catalog in force (the last good one).
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.borrow().clone()
+    }
+
+    pub async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, EngineError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).await.map_err(|_| EngineError::Gone)?;
+        rx.await.map_err(|_| EngineError::Gone)
+    }
+}
+
+pub struct Engine<S, P, U> {
+    pub systemd: S,
+    pub podman: P,
+    pub units: U,
+    pub paths: Paths,
+    pub ctx: RenderCtx,
+    catalog: Arc<Catalog>,
+    catalog_error: Option<String>,
+    catalog_stamp: Vec<(PathBuf, Option<SystemTime>)>,
+    catalog_tx: watch::Sender<Arc<Catalog>>,
+    state: UserState,
+    secrets: SecretStore,
+    pulls: BTreeMap<String, PullState>,
+    force: BTreeSet<String>,
+    apply_errors: BTreeMap<String, String>,
+    waiting: BTreeMap<String, String>,
+    counters: Counters,
+    /// Check NeedDaemonReload of every unit on the next pass (first pass after a start).
+    check_stale: bool,
+    podman_version: Option<String>,
+    pull_tx: mpsc::UnboundedSender<(String, Result<(), String>)>,
+    pull_rx: Option<mpsc::UnboundedReceiver<(String, Result<(), String>)>>,
+}
+
+impl<S, P, U> std::fmt::Debug for Engine<S, P, U> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("paths", &self.paths).finish_non_exhaustive()
+    }
+}
+
+fn layer_stamp(layers: &Layers) -> Vec<(PathBuf, Option<SystemTime>)> {
+    let mut paths: Vec<PathBuf> = layers.files.clone();
+    paths.extend(layers.policy.clone());
+    paths
+        .into_iter()
+        .map(|p| {
+            let t = std::fs::metadata(&p).and_then(|m| m.modified()).ok();
+            (p, t)
+        })
+        .collect()
+}
+
+impl<S, P, U> Engine<S, P, U>
+where
+    S: Systemd + 'static,
+    P: Podman + Clone + 'static,
+    U: UnitStore + 'static,
+{
+    /// Loads the user's state and the catalog. A broken state file is an error (nothing is
+    /// touched); a broken catalog is not: the engine starts with an empty catalog in force and
+    /// the error on display, and applies nothing until a good catalog arrives.
+    pub fn new(systemd: S, podman: P, units: U, paths: Paths, ctx: RenderCtx) -> Result<(Self, Handle, mpsc::Receiver<Command>), StateError> {
+        let state = UserState::load(&paths.state_file())?;
+        let secrets = SecretStore::new(paths.secrets_dir());
+        let (catalog_tx, catalog_rx) = watch::channel(Arc::new(Catalog::default()));
+        let (tx, rx) = mpsc::channel(64);
+        let (pull_tx, pull_rx) = mpsc::unbounded_channel();
+        let mut e = Engine {
+            systemd,
+            podman,
+            units,
+            paths,
+            ctx,
+            catalog: Arc::new(Catalog::default()),
+            catalog_error: None,
+            catalog_stamp: Vec::new(),
+            catalog_tx,
+            state,
+            secrets,
+            pulls: BTreeMap::new(),
+            force: BTreeSet::new(),
+            apply_errors: BTreeMap::new(),
+            waiting: BTreeMap::new(),
+            counters: Counters::default(),
+            check_stale: true,
+            podman_version: None,
+            pull_tx,
+            pull_rx: Some(pull_rx),
+        };
+        if let Err(err) = e.reload_catalog() {
+            warn!(%err, "catalog is broken; nothing will be changed until it is fixed");
+        }
+        Ok((e, Handle { tx, catalog: catalog_rx }, rx))
+    }
+
+    fn loaded(&self) -> bool {
+        self.catalog_error.is_none() || !self.catalog.services.is_empty()
+    }
+
+    /// Reads the catalog layers again. On error the last good catalog stays in force.
+    pub fn reload_catalog(&mut self) -> Result<usize, EngineError> {
+        let result = Layers::standard(self.paths.etc()).and_then(|layers| {
+            let stamp = layer_stamp(&layers);
+            catalog::load(&layers).map(|c| (c, stamp))
+        });
+        match result {
+            Ok((c, stamp)) => {
+                let n = c.services.len();
+                self.catalog = Arc::new(c);
+                self.catalog_stamp = stamp;
+                self.catalog_error = None;
+                let _receivers_may_be_gone = self.catalog_tx.send(self.catalog.clone());
+                Ok(n)
+            }
+            Err(e) => {
+                let msg = match &e {
+                    CatalogError::Read { .. } => format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()),
+                    CatalogError::Invalid(_) => e.to_string(),
+                };
+                if let Ok(layers) = Layers::standard(self.paths.etc()) {
+                    self.catalog_stamp = layer_stamp(&layers);
+                }
+                self.catalog_error = Some(msg.clone());
+                Err(EngineError::Catalog(msg))
+            }
+        }
+    }
+
+    fn catalog_changed_on_disk(&self) -> bool {
+        match Layers::standard(self.paths.etc()) {
+            Ok(l) => layer_stamp(&l) != self.catalog_stamp,
+            Err(_) => false,
+        }
+    }
+
+    fn desired(&self) -> Desired {
+        let policy = &self.catalog.policy;
+        let mut services = BTreeMap::new();
+        for (name, svc) in &self.catalog.services {
+            let mut choice = self.state.choice(name, &policy.default_enabled);
+            if policy.denied_services.contains(name) {
+                choice = Choice::Off;
+            }
+            let blocked = (svc.gpu == Gpu::Required && !self.ctx.gpu_available)
+                .then(|| "needs a GPU and none was found".to_string());
+            services.insert(
+                name.clone(),
+                DesiredService {
+                    choice,
+                    units: units::render(svc, &self.ctx),
+                    images: svc.images().map(str::to_string).collect(),
+                    uses: svc.uses.clone(),
+                    blocked,
+                    force: self.force.contains(name),
+                },
+            );
+        }
+        Desired { services }
+    }
+
+    async fn actual(&mut self, desired: &Desired) -> Result<Actual, String> {
+        let unit_files = self.units.list().map_err(|e| format!("cannot read {}: {e}", self.units_dir()))?;
+        let units: BTreeMap<String, UnitState> = self
+            .systemd
+            .list_units("berth-*")
+            .await
+            .map_err(|e| format!("{e}: {}", source_chain(&e)))?
+            .into_iter()
+            .filter(|u| u.name != "berth.service")
+            .map(|u| (u.name.clone(), u))
+            .collect();
+        let mut stale = BTreeSet::new();
+        if self.check_stale {
+            for name in unit_files.keys() {
+                if units.contains_key(name) && self.systemd.needs_reload(name).await.unwrap_or(false) {
+                    stale.insert(name.clone());
+                }
+            }
+        }
+        // Ask Podman about images only for services that may be started now.
+        let mut images = BTreeMap::new();
+        for d in desired.services.values() {
+            if d.choice != Choice::On || d.blocked.is_some() {
+                continue;
+            }
+            let main = d.units.first().map(|u| u.name.as_str()).unwrap_or_default();
+            let running = units.get(main).is_some_and(|u| u.is_active() || u.active == "activating");
+            if running && !d.force {
+                continue;
+            }
+            for image in &d.images {
+                if images.contains_key(image) {
+                    continue;
+                }
+                let present = self
+                    .podman
+                    .image_exists(image)
+                    .await
+                    .map_err(|e| format!("{e}"))?;
+                images.insert(image.clone(), present);
+            }
+        }
+        Ok(Actual {
+            unit_files,
+            units,
+            stale,
+            images,
+            pulls: self.pulls.clone(),
+        })
+    }
+
+    fn units_dir(&self) -> String {
+        self.paths.unit_dir.display().to_string()
+    }
+
+    /// Computes the plan without applying it.
+    pub async fn plan(&mut self) -> Result<Plan, EngineError> {
+        if !self.loaded() {
+            return Err(EngineError::Catalog(self.catalog_error.clone().unwrap_or_default()));
+        }
+        let desired = self.desired();
+        let actual = self.actual(&desired).await.map_err(EngineError::State)?;
+        Ok(plan::plan(&desired, &actual))
+    }
+
+    /// One pass: gather, plan, apply.
+    pub async fn pass(&mut self) -> PassReport {
+        self.counters.passes += 1;
+        let mut report = PassReport::default();
+        if !self.loaded() {
+            report.errors.push(format!(
+                "not applying anything: {}",
+                self.catalog_error.clone().unwrap_or_default()
+            ));
+            return report;
+        }
+        let desired = self.desired();
+        let actual = match self.actual(&desired).await {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(err = %e, "cannot read the actual state");
+                report.errors.push(e);
+                return report;
+            }
+        };
+        self.check_stale = false;
+        let plan = plan::plan(&desired, &actual);
+        // A forced (re)start is consumed by planning it once.
+        self.force.clear();
+        self.waiting = plan.waiting.clone();
+        let mut failed: BTreeSet<String> = BTreeSet::new();
+        for action in &plan.actions {
+            if let Some(s) = action.service() {
+                if failed.contains(s) {
+                    continue;
+                }
+            }
+            let span = tracing::info_span!("apply", action = %action);
+            let _enter = span.enter();
+            match self.apply(action).await {
+                Ok(()) => {
+                    info!("done");
+                    if let Some(s) = action.service() {
+                        if matches!(action, Action::Start { .. } | Action::Restart { .. } | Action::Stop { .. }) {
+                            self.apply_errors.remove(s);
+                        }
+                    }
+                    report.applied.push(action.to_string());
+                }
+                Err(e) => {
+                    warn!(err = %e, "failed");
+                    report.errors.push(format!("{action}: {e}"));
+                    match action.service() {
+                        Some(s) => {
+                            failed.insert(s.to_string());
+                            self.apply_errors.insert(s.to_string(), e);
+                        }
+                        // Without a reload nothing after it is meaningful.
+                        None => break,
+                    }
+                }
+            }
+        }
+        report.waiting = self.waiting.clone();
+        report
+    }
+
+    async fn apply(&mut self, action: &Action) -> Result<(), String> {
+        let sd = |e: crate::systemd::SystemdError| format!("{e}: {}", source_chain(&e));
+        match action {
+            Action::Stop { unit, .. } => {
+                self.counters.systemd_writes += 1;
+                self.systemd.stop(unit, JOB_WAIT).await.map_err(sd)?;
+                Ok(())
+            }
+            Action::ResetFailed { unit, .. } => {
+                self.counters.systemd_writes += 1;
+                self.systemd.reset_failed(unit).await.map_err(sd)
+            }
+            Action::RemoveUnit { unit, .. } => {
+                self.counters.file_writes += 1;
+                self.units.remove(unit).map_err(|e| format!("remove {unit}: {e}"))
+            }
+            Action::WriteUnit { unit, content, .. } => {
+                self.counters.file_writes += 1;
+                self.units.write(unit, content).map_err(|e| format!("write {unit} in {}: {e}", self.units_dir()))
+            }
+            Action::DaemonReload => {
+                self.counters.systemd_writes += 1;
+                self.systemd.daemon_reload().await.map_err(sd)
+            }
+            Action::Pull { image, .. } => {
+                self.start_pull(image.clone());
+                Ok(())
+            }
+            Action::PrepareFiles { service } => self.prepare_files(service),
+            Action::Start { service, unit } | Action::Restart { service, unit } => {
+                self.counters.systemd_writes += 1;
+                let outcome = if matches!(action, Action::Start { .. }) {
+                    self.systemd.start(unit, JOB_WAIT).await
+                } else {
+                    self.systemd.restart(unit, JOB_WAIT).await
+                }
+                .map_err(sd)?;
+                match outcome {
+                    JobOutcome::Finished(r) if r == "done" => Ok(()),
+                    JobOutcome::Pending => Ok(()),
+                    JobOutcome::Finished(r) => {
+                        let detail = match self.systemd.service_result(unit).await {
+                            Ok((res, _)) => format!(" ({res})"),
+                            Err(_) => String::new(),
+                        };
+                        Err(format!(
+                            "{unit} did not start: job {r}{detail}; see `berth logs {service}`"
+                        ))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes a service's env files (with secrets) and mounted files, only where they differ.
+    fn prepare_files(&mut self, service: &str) -> Result<(), String> {
+        let catalog = self.catalog.clone();
+        let Some(svc) = catalog.get(service) else {
+            return Ok(());
+        };
+        let needs_secrets = !svc.secrets.is_empty();
+        let secrets = if needs_secrets {
+            self.secrets.ensure(service, &svc.secrets).map_err(|e| e.to_string())?
+        } else {
+            BTreeMap::new()
+        };
+        for ctr in &svc.containers {
+            if let Some(rel) = units::env_file(svc, ctr) {
+                let mut text = String::from("# Generated by berth: secrets for this container. Keep private.\n");
+                for (k, v) in &ctr.env {
+                    if v.contains(catalog::SECRET_PREFIX) {
+                        // Podman env files are KEY=VALUE lines, taken literally.
+                        text.push_str(&format!("{k}={}\n", substitute(v, &secrets)));
+                    }
+                }
+                self.write_private(&self.paths.in_home(&rel), &text)?;
+            }
+            for (i, f) in ctr.files.iter().enumerate() {
+                let path = self.paths.in_home(&units::file_mount_path(svc, ctr, i));
+                let content = substitute(&f.content, &secrets);
+                // Containers often read config files as an unprivileged user of their own
+                // user namespace; files without secrets are world-readable, secret ones not.
+                let mode = if f.uses_secrets() { 0o600 } else { 0o644 };
+                self.write_file(&path, &content, mode)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_private(&mut self, path: &std::path::Path, text: &str) -> Result<(), String> {
+        self.write_file(path, text, 0o600)
+    }
+
+    fn write_file(&mut self, path: &std::path::Path, text: &str, mode: u32) -> Result<(), String> {
+        if std::fs::read_to_string(path).is_ok_and(|old| old == text) {
+            return Ok(());
+        }
+        let err = |e: std::io::Error| format!("write {}: {e}", path.display());
+        if let Some(dir) = path.parent() {
+            create_dir(dir, 0o700).map_err(err)?;
+        }
+        self.counters.file_writes += 1;
+        write_atomic(path, text.as_bytes(), mode).map_err(err)
+    }
+
+    fn start_pull(&mut self, image: String) {
+        if self.pulls.get(&image) == Some(&PullState::Running) {
+            return;
+        }
+        self.counters.podman_writes += 1;
+        self.pulls.insert(image.clone(), PullState::Running);
+        let podman = self.podman.clone();
+        let tx = self.pull_tx.clone();
+        tokio::spawn(async move {
+            let (ptx, mut prx) = mpsc::channel::<String>(32);
+            let img = image.clone();
+            let logger = tokio::spawn(async move {
+                while let Some(line) = prx.recv().await {
+                    info!(image = %img, "pull: {line}");
+                }
+            });
+            let result = podman.pull(&image, ptx).await.map_err(|e| e.to_string());
+            let _log_task_ends_with_sender = logger.await;
+            if tx.send((image, result)).is_err() {
+                warn!("engine gone before a pull finished");
+            }
+        });
+    }
+
+    fn choose(&mut self, service: &str, choice: Choice, force: bool) -> Result<(), EngineError> {
+        if !self.loaded() {
+            return Err(EngineError::Catalog(self.catalog_error.clone().unwrap_or_default()));
+        }
+        if !self.catalog.services.contains_key(service) {
+            return Err(EngineError::UnknownService(service.into()));
+        }
+        if choice != Choice::Off && self.catalog.policy.denied_services.iter().any(|d| d == service) {
+            return Err(EngineError::Denied(service.into()));
+        }
+        let mut next = self.state.clone();
+        next.set(service, choice);
+        next.save(&self.paths.state_file()).map_err(|e| EngineError::State(format!("{e}: {}", source_chain(&e))))?;
+        self.state = next;
+        if force {
+            self.force.insert(service.into());
+            // A user action retries a failed pull too.
+            let svc = self.catalog.get(service).cloned();
+            for image in svc.iter().flat_map(|s| s.images()) {
+                if matches!(self.pulls.get(image), Some(PullState::Failed(_))) {
+                    self.pulls.remove(image);
+                }
+            }
+            self.apply_errors.remove(service);
+        }
+        Ok(())
+    }
+
+    /// Status of services (all, or one) as seen now.
+    pub async fn status(&mut self, only: Option<&str>) -> Result<Vec<ServiceStatus>, EngineError> {
+        if let Some(name) = only {
+            if !self.catalog.services.contains_key(name) {
+                return Err(EngineError::UnknownService(name.into()));
+            }
+        }
+        let units: BTreeMap<String, UnitState> = self
+            .systemd
+            .list_units("berth-*")
+            .await
+            .map_err(|e| EngineError::State(format!("{e}: {}", source_chain(&e))))?
+            .into_iter()
+            .map(|u| (u.name.clone(), u))
+            .collect();
+        let catalog = self.catalog.clone();
+        let mut out = Vec::new();
+        for (name, svc) in &catalog.services {
+            if only.is_some_and(|o| o != name) {
+                continue;
+            }
+            let choice = if catalog.policy.denied_services.contains(name) {
+                Choice::Off
+            } else {
+                self.state.choice(name, &catalog.policy.default_enabled)
+            };
+            let main = units::main_unit(name);
+            let ustate = units.get(&main);
+            let mut containers = Vec::new();
+            let want_inspect = ustate.is_some_and(|u| u.active != "inactive") || only.is_some();
+            for ctr in &svc.containers {
+                let cname = units::container_name(svc, ctr);
+                let inspect: Option<ContainerInspect> = if want_inspect {
+                    self.podman.inspect(&cname).await.ok().flatten()
+                } else {
+                    None
+                };
+                containers.push(ContainerStatus {
+                    name: cname,
+                    unit: units::container_unit(svc, ctr),
+                    image: ctr.image.clone(),
+                    state: inspect.as_ref().map_or_else(|| "absent".to_string(), |i| i.status.clone()),
+                    health: inspect.as_ref().and_then(|i| i.health.clone()),
+                    started_at: inspect.as_ref().filter(|i| i.running).map(|i| i.started_at.clone()),
+                });
+            }
+            let (state, mut reason) = derive_state(choice, ustate, &containers);
+            if let Some(e) = self.apply_errors.get(name) {
+                reason = Some(e.clone());
+            } else if let Some(w) = self.waiting.get(name) {
+                if matches!(state, State::Waiting | State::Failed) {
+                    reason = Some(w.clone());
+                }
+            }
+            let state = if self.apply_errors.contains_key(name) && state == State::Waiting {
+                State::Failed
+            } else {
+                state
+            };
+            out.push(ServiceStatus {
+                name: name.clone(),
+                description: svc.description.clone(),
+                choice: match choice {
+                    Choice::On => "on",
+                    Choice::Stopped => "stopped",
+                    Choice::Off => "off",
+                }
+                .into(),
+                state,
+                reason,
+                unit: main,
+                unit_state: ustate.map_or_else(|| "absent".into(), |u| format!("{}/{}", u.active, u.sub)),
+                ports: svc
+                    .ports()
+                    .map(|p| PortStatus {
+                        name: p.name.clone(),
+                        port: p.host,
+                        url: format!("http://127.0.0.1:{}/", p.host),
+                    })
+                    .collect(),
+                containers,
+            });
+        }
+        Ok(out)
+    }
+
+    pub async fn info(&mut self) -> DaemonInfo {
+        if self.podman_version.is_none() {
+            self.podman_version = self.podman.ping().await.ok();
+        }
+        DaemonInfo {
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            podman_version: self.podman_version.clone(),
+            catalog_services: self.catalog.services.len(),
+            catalog_error: self.catalog_error.clone(),
+            counters: self.counters.clone(),
+        }
+    }
+
+    /// Runs the engine until every [`Handle`] is dropped.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut pulls = match self.pull_rx.take() {
+            Some(p) => p,
+            None => return,
+        };
+        let mut tick = tokio::time::interval(SAFETY_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut dirty_since: Option<tokio::time::Instant> = None;
+        let debounce = Duration::from_millis(300);
+        loop {
+            let sleep_until = dirty_since.map(|t| t + debounce);
+            let cmd = tokio::select! {
+                c = rx.recv() => c,
+                Some((image, result)) = pulls.recv() => Some(Command::PullDone { image, result }),
+                _ = tick.tick() => {
+                    if self.catalog_changed_on_disk() {
+                        match self.reload_catalog() {
+                            Ok(n) => info!(services = n, "catalog reloaded"),
+                            Err(e) => warn!(err = %e, "catalog change rejected; the last good catalog stays"),
+                        }
+                    }
+                    self.pass().await;
+                    continue;
+                }
+                _ = async { match sleep_until { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
+                    dirty_since = None;
+                    self.pass().await;
+                    continue;
+                }
+            };
+            let Some(cmd) = cmd else { break };
+            match cmd {
+                Command::Choose { service, choice, force, reply } => {
+                    let r = match self.choose(&service, choice, force) {
+                        Ok(()) => Ok(self.pass().await),
+                        Err(e) => Err(e),
+                    };
+                    let _caller_may_have_left = reply.send(r);
+                }
+                Command::Reconcile { reply } => {
+                    let r = self.pass().await;
+                    if let Some(reply) = reply {
+                        let _caller_may_have_left = reply.send(r);
+                    }
+                }
+                Command::Plan { reply } => {
+                    let r = self.plan().await;
+                    let _caller_may_have_left = reply.send(r);
+                }
+                Command::Status { service, reply } => {
+                    let r = self.status(service.as_deref()).await;
+                    let _caller_may_have_left = reply.send(r);
+                }
+                Command::Info { reply } => {
+                    let r = self.info().await;
+                    let _caller_may_have_left = reply.send(r);
+                }
+                Command::ReloadCatalog { reply } => {
+                    let r = self.reload_catalog();
+                    match &r {
+                        Ok(n) => {
+                            info!(services = n, "catalog reloaded");
+                            self.pass().await;
+                        }
+                        Err(e) => warn!(err = %e, "catalog change rejected; the last good catalog stays"),
+                    }
+                    if let Some(reply) = reply {
+                        let _caller_may_have_left = reply.send(r);
+                    }
+                }
+                Command::UnitChanged(_) => {
+                    dirty_since.get_or_insert_with(tokio::time::Instant::now);
+                }
+                Command::PullDone { image, result } => {
+                    match result {
+                        Ok(()) => {
+                            info!(%image, "pulled");
+                            self.pulls.remove(&image);
+                        }
+                        Err(e) => {
+                            warn!(%image, err = %e, "pull failed");
+                            self.pulls.insert(image, PullState::Failed(e));
+                        }
+                    }
+                    self.pass().await;
+                }
+            }
+        }
+    }
+}
+
+/// The coarse state from the user's choice, the main unit and the containers.
+fn derive_state(choice: Choice, unit: Option<&UnitState>, containers: &[ContainerStatus]) -> (State, Option<String>) {
+    let active = unit.map_or("inactive", |u| u.active.as_str());
+    match (choice, active) {
+        (_, "failed") => (State::Failed, Some(format!("unit {}", unit.map_or("", |u| u.sub.as_str())))),
+        (_, "activating") => (State::Starting, None),
+        (_, "deactivating") => (State::Stopping, None),
+        (Choice::Off, "active") => (State::Stopping, Some("disabled; stopping".into())),
+        (Choice::Off, _) => (State::Off, None),
+        (Choice::Stopped, "active") => (State::Stopping, None),
+        (Choice::Stopped, _) => (State::Stopped, None),
+        (Choice::On, "active") | (Choice::On, "reloading") => {
+            if let Some(c) = containers.iter().find(|c| c.health.as_deref() == Some("unhealthy")) {
+                (State::Unhealthy, Some(format!("health check of {} fails", c.name)))
+            } else if let Some(c) = containers.iter().find(|c| c.health.as_deref() == Some("starting")) {
+                (State::Starting, Some(format!("{} is starting (health check pending)", c.name)))
+            } else {
+                (State::Running, None)
+            }
+        }
+        (Choice::On, _) => (State::Waiting, None),
+    }
+}
+
+/// `a: b: c` from an error's sources, for one-line messages.
+pub fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = Vec::new();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        parts.push(s.to_string());
+        cur = s.source();
+    }
+    parts.join(": ")
+}

@@ -1,0 +1,208 @@
+//! The user's choices (`~/.local/state/berth/state.toml`) and generated secrets.
+//!
+//! Both are written atomically. A state file that cannot be parsed is an error, never
+//! silently replaced: the caller stops, the running services keep running, the file is kept.
+
+use std::collections::BTreeMap;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil::{create_dir, write_atomic};
+
+/// What the user wants of one service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Choice {
+    /// Installed and running.
+    On,
+    /// Installed, held stopped until started again.
+    Stopped,
+    /// Not installed: units removed, data volumes kept.
+    Off,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceChoice {
+    pub choice: Option<Choice>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserState {
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceChoice>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}:{line}:{col}: {message} (the file is kept as it is; fix or remove it)", path.display())]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        col: usize,
+        message: String,
+    },
+    #[error("cannot write {}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl UserState {
+    pub fn load(path: &Path) -> Result<Self, StateError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(source) => return Err(StateError::Read { path: path.into(), source }),
+        };
+        toml::from_str(&text).map_err(|e| {
+            let src = crate::catalog::Source::new(path, text.clone());
+            let (line, col) = e.span().map_or((0, 0), |s| src.line_col(s.start));
+            StateError::Parse {
+                path: path.into(),
+                line,
+                col,
+                message: e.message().trim().to_string(),
+            }
+        })
+    }
+
+    pub fn save(&self, path: &Path) -> Result<(), StateError> {
+        let werr = |source| StateError::Write { path: path.into(), source };
+        if let Some(dir) = path.parent() {
+            create_dir(dir, 0o700).map_err(werr)?;
+        }
+        let mut text = String::from("# berth: the services you chose. Written by berth; `berth enable/disable` change it.\n");
+        text.push_str(&toml::to_string(self).map_err(|e| werr(std::io::Error::other(e)))?);
+        write_atomic(path, text.as_bytes(), 0o600).map_err(werr)
+    }
+
+    /// The user's choice, else the policy default, else off.
+    pub fn choice(&self, service: &str, default_enabled: &[String]) -> Choice {
+        match self.services.get(service).and_then(|c| c.choice) {
+            Some(c) => c,
+            None if default_enabled.iter().any(|d| d == service) => Choice::On,
+            None => Choice::Off,
+        }
+    }
+
+    pub fn set(&mut self, service: &str, choice: Choice) {
+        self.services.entry(service.to_string()).or_default().choice = Some(choice);
+    }
+}
+
+/// Secrets generated for services, one 0600 file per service in a 0700 directory.
+#[derive(Debug, Clone)]
+pub struct SecretStore {
+    dir: PathBuf,
+}
+
+impl SecretStore {
+    pub fn new(dir: PathBuf) -> Self {
+        SecretStore { dir }
+    }
+
+    fn file(&self, service: &str) -> PathBuf {
+        self.dir.join(format!("{service}.toml"))
+    }
+
+    /// The named secrets of a service, generating (and storing) any that do not exist yet.
+    pub fn ensure(&self, service: &str, names: &[String]) -> Result<BTreeMap<String, String>, StateError> {
+        let path = self.file(service);
+        let mut map: BTreeMap<String, String> = match std::fs::read_to_string(&path) {
+            Ok(t) => toml::from_str(&t).map_err(|e| StateError::Parse {
+                path: path.clone(),
+                line: 0,
+                col: 0,
+                message: e.message().trim().to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(source) => return Err(StateError::Read { path, source }),
+        };
+        let missing: Vec<&String> = names.iter().filter(|n| !map.contains_key(*n)).collect();
+        if !missing.is_empty() {
+            for n in missing {
+                map.insert(n.clone(), random_secret().map_err(|source| StateError::Read { path: "/dev/urandom".into(), source })?);
+            }
+            let werr = |source| StateError::Write { path: path.clone(), source };
+            create_dir(&self.dir, 0o700).map_err(werr)?;
+            let text = toml::to_string(&map).map_err(|e| werr(std::io::Error::other(e)))?;
+            write_atomic(&path, text.as_bytes(), 0o600).map_err(werr)?;
+        }
+        Ok(map)
+    }
+}
+
+/// 32 random bytes as 64 hex characters: safe inside URLs, env files and YAML.
+fn random_secret() -> std::io::Result<String> {
+    let mut buf = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Replaces every `${secret.NAME}` in `text`.
+pub fn substitute(text: &str, secrets: &BTreeMap<String, String>) -> String {
+    let mut out = text.to_string();
+    for (k, v) in secrets {
+        out = out.replace(&format!("${{secret.{k}}}"), v);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt as _;
+
+    #[test]
+    fn state_round_trip_and_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("berth/state.toml");
+        let mut s = UserState::load(&p).expect("missing file is empty state");
+        assert_eq!(s.choice("demo", &["demo".into()]), Choice::On);
+        assert_eq!(s.choice("n8n", &[]), Choice::Off);
+        s.set("demo", Choice::Off);
+        s.set("n8n", Choice::Stopped);
+        s.save(&p).expect("save");
+        let back = UserState::load(&p).expect("load");
+        assert_eq!(back, s);
+        assert_eq!(back.choice("demo", &["demo".into()]), Choice::Off);
+        assert_eq!(std::fs::metadata(&p).expect("meta").mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn broken_state_names_line_and_is_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("state.toml");
+        std::fs::write(&p, "[services.demo]\nchoice = \"maybe\"\n").expect("write");
+        let e = UserState::load(&p).expect_err("broken");
+        let msg = e.to_string();
+        assert!(msg.contains("state.toml:2:"), "{msg}");
+        assert!(std::fs::read_to_string(&p).expect("still there").contains("maybe"));
+    }
+
+    #[test]
+    fn secrets_are_generated_once_and_private() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SecretStore::new(dir.path().join("secrets"));
+        let a = store.ensure("svc", &["pw".into()]).expect("ensure");
+        let b = store.ensure("svc", &["pw".into(), "salt".into()]).expect("ensure again");
+        assert_eq!(a["pw"], b["pw"], "existing secrets are kept");
+        assert_eq!(b["salt"].len(), 64);
+        assert_ne!(b["pw"], b["salt"]);
+        let meta = std::fs::metadata(dir.path().join("secrets/svc.toml")).expect("meta");
+        assert_eq!(meta.mode() & 0o777, 0o600);
+        assert_eq!(substitute("u:${secret.pw}@h", &b), format!("u:{}@h", b["pw"]));
+    }
+}

@@ -1,0 +1,99 @@
+//! What berth reports about a service: the shapes shared by the daemon, the API and the CLI.
+
+use serde::{Deserialize, Serialize};
+
+/// Coarse state of a service, with the reason in [`ServiceStatus::reason`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Not enabled.
+    Off,
+    /// Enabled, held stopped.
+    Stopped,
+    /// Wanted, not running yet: pulling, waiting, or blocked (see reason).
+    Waiting,
+    Starting,
+    /// Running; health checks pass or there are none.
+    Running,
+    /// Running, but a health check fails.
+    Unhealthy,
+    Failed,
+    Stopping,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Off => "off",
+            State::Stopped => "stopped",
+            State::Waiting => "waiting",
+            State::Starting => "starting",
+            State::Running => "running",
+            State::Unhealthy => "unhealthy",
+            State::Failed => "failed",
+            State::Stopping => "stopping",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortStatus {
+    pub name: String,
+    pub port: u16,
+    pub url: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStatus {
+    pub name: String,
+    pub unit: String,
+    pub image: String,
+    /// Podman's state (`running`, `exited`…), or `absent`.
+    pub state: String,
+    /// `healthy`, `unhealthy`, `starting`; absent without a health check.
+    pub health: Option<String>,
+    pub started_at: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub description: String,
+    /// The user's choice: on, stopped, off.
+    pub choice: String,
+    pub state: State,
+    pub reason: Option<String>,
+    pub unit: String,
+    /// systemd's ActiveState/SubState of the main unit, or `absent`.
+    pub unit_state: String,
+    pub ports: Vec<PortStatus>,
+    pub containers: Vec<ContainerStatus>,
+}
+
+/// Counters of the daemon's writes to the outside world, and of its passes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub passes: u64,
+    pub systemd_writes: u64,
+    pub podman_writes: u64,
+    pub file_writes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonInfo {
+    pub version: String,
+    pub pid: u32,
+    pub podman_version: Option<String>,
+    pub catalog_services: usize,
+    /// Set while the newest catalog is broken; the last good one stays in force.
+    pub catalog_error: Option<String>,
+    pub counters: Counters,
+}
+
+/// What one reconcile pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PassReport {
+    pub applied: Vec<String>,
+    pub errors: Vec<String>,
+    pub waiting: std::collections::BTreeMap<String, String>,
+}

@@ -1,0 +1,273 @@
+//! The systemd user manager over D-Bus: the one place berth talks to systemd.
+//!
+//! Methods used exist in systemd 249 (Ubuntu 22.04). After a start or stop, berth waits for the
+//! job's `JobRemoved` signal (bounded) and then reads state fresh: cached property values can
+//! lag behind the signal.
+
+use std::future::Future;
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use zbus_systemd::zbus;
+use serde::Serialize;
+use zbus::OwnedObjectPath;
+use zbus_systemd::systemd1::{ManagerProxy, UnitProxy};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SystemdError {
+    #[error("cannot connect to the systemd user manager on the session bus (is this a user session with DBUS_SESSION_BUS_ADDRESS set?)")]
+    Connect(#[source] zbus::Error),
+    #[error("systemd: {what}")]
+    Call {
+        what: String,
+        #[source]
+        source: zbus::Error,
+    },
+}
+
+fn call(what: impl Into<String>) -> impl FnOnce(zbus::Error) -> SystemdError {
+    let what = what.into();
+    move |source| SystemdError::Call { what, source }
+}
+
+/// State of one loaded unit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnitState {
+    pub name: String,
+    pub load: String,
+    pub active: String,
+    pub sub: String,
+}
+
+impl UnitState {
+    pub fn is_active(&self) -> bool {
+        self.active == "active" || self.active == "reloading"
+    }
+}
+
+/// How a start or stop job ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum JobOutcome {
+    /// `done`, `failed`, `canceled`, `timeout`, `dependency`, `skipped` as systemd says.
+    Finished(String),
+    /// Still running when berth stopped waiting; a later signal will tell.
+    Pending,
+}
+
+/// What berth needs of systemd. One real implementation; unit tests of the planner use data.
+pub trait Systemd: Send + Sync {
+    /// Loaded units whose names match `pattern` (glob, e.g. `berth-*`).
+    fn list_units(&self, pattern: &str) -> impl Future<Output = Result<Vec<UnitState>, SystemdError>> + Send;
+    /// Whether the unit's file changed since systemd loaded it.
+    fn needs_reload(&self, unit: &str) -> impl Future<Output = Result<bool, SystemdError>> + Send;
+    fn daemon_reload(&self) -> impl Future<Output = Result<(), SystemdError>> + Send;
+    fn start(&self, unit: &str, wait: Duration) -> impl Future<Output = Result<JobOutcome, SystemdError>> + Send;
+    fn stop(&self, unit: &str, wait: Duration) -> impl Future<Output = Result<JobOutcome, SystemdError>> + Send;
+    fn restart(&self, unit: &str, wait: Duration) -> impl Future<Output = Result<JobOutcome, SystemdError>> + Send;
+    fn reset_failed(&self, unit: &str) -> impl Future<Output = Result<(), SystemdError>> + Send;
+    /// `Result` of a service unit (`success`, `exit-code`, `start-limit-hit`, …) and its restarts.
+    fn service_result(&self, unit: &str) -> impl Future<Output = Result<(String, u32), SystemdError>> + Send;
+}
+
+/// The real user manager.
+#[derive(Debug, Clone)]
+pub struct UserManager {
+    conn: zbus::Connection,
+    manager: ManagerProxy<'static>,
+}
+
+impl UserManager {
+    pub async fn connect() -> Result<Self, SystemdError> {
+        let conn = zbus::Connection::session().await.map_err(SystemdError::Connect)?;
+        let manager = ManagerProxy::new(&conn).await.map_err(SystemdError::Connect)?;
+        // Without Subscribe the manager sends no job and unit signals.
+        manager.subscribe().await.map_err(call("subscribe"))?;
+        Ok(UserManager { conn, manager })
+    }
+
+    pub fn connection(&self) -> &zbus::Connection {
+        &self.conn
+    }
+
+    async fn job(
+        &self,
+        what: &str,
+        unit: &str,
+        wait: Duration,
+        f: impl Future<Output = zbus::Result<OwnedObjectPath>>,
+    ) -> Result<JobOutcome, SystemdError> {
+        // Listen before asking, or a fast job could finish unseen.
+        let mut removed = self
+            .manager
+            .receive_job_removed()
+            .await
+            .map_err(call(format!("watch jobs for {unit}")))?;
+        let job = f.await.map_err(call(format!("{what} {unit}")))?;
+        let waited = tokio::time::timeout(wait, async {
+            while let Some(sig) = removed.next().await {
+                if let Ok(args) = sig.args() {
+                    if args.job.as_str() == job.as_str() {
+                        return Some(args.result.clone());
+                    }
+                }
+            }
+            None
+        })
+        .await;
+        Ok(match waited {
+            Ok(Some(result)) => JobOutcome::Finished(result),
+            _ => JobOutcome::Pending,
+        })
+    }
+
+    async fn unit(&self, unit: &str) -> Result<UnitProxy<'static>, SystemdError> {
+        let path = self
+            .manager
+            .load_unit(unit.to_string())
+            .await
+            .map_err(call(format!("load {unit}")))?;
+        UnitProxy::builder(&self.conn)
+            .path(path)
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .map_err(call(format!("unit {unit}")))
+    }
+}
+
+impl Systemd for UserManager {
+    async fn list_units(&self, pattern: &str) -> Result<Vec<UnitState>, SystemdError> {
+        let units = self
+            .manager
+            .list_units_by_patterns(Vec::new(), vec![pattern.to_string()])
+            .await
+            .map_err(call("list units"))?;
+        Ok(units
+            .into_iter()
+            .map(|u| UnitState {
+                name: u.0,
+                load: u.2,
+                active: u.3,
+                sub: u.4,
+            })
+            .collect())
+    }
+
+    async fn needs_reload(&self, unit: &str) -> Result<bool, SystemdError> {
+        self.unit(unit)
+            .await?
+            .need_daemon_reload()
+            .await
+            .map_err(call(format!("read NeedDaemonReload of {unit}")))
+    }
+
+    async fn daemon_reload(&self) -> Result<(), SystemdError> {
+        self.manager.reload().await.map_err(call("daemon-reload"))
+    }
+
+    async fn start(&self, unit: &str, wait: Duration) -> Result<JobOutcome, SystemdError> {
+        self.job("start", unit, wait, self.manager.start_unit(unit.to_string(), "replace".into()))
+            .await
+    }
+
+    async fn stop(&self, unit: &str, wait: Duration) -> Result<JobOutcome, SystemdError> {
+        self.job("stop", unit, wait, self.manager.stop_unit(unit.to_string(), "replace".into()))
+            .await
+    }
+
+    async fn restart(&self, unit: &str, wait: Duration) -> Result<JobOutcome, SystemdError> {
+        self.job("restart", unit, wait, self.manager.restart_unit(unit.to_string(), "replace".into()))
+            .await
+    }
+
+    async fn reset_failed(&self, unit: &str) -> Result<(), SystemdError> {
+        self.manager
+            .reset_failed_unit(unit.to_string())
+            .await
+            .map_err(call(format!("reset-failed {unit}")))
+    }
+
+    async fn service_result(&self, unit: &str) -> Result<(String, u32), SystemdError> {
+        let path = self
+            .manager
+            .load_unit(unit.to_string())
+            .await
+            .map_err(call(format!("load {unit}")))?;
+        let svc = zbus_systemd::systemd1::ServiceProxy::builder(&self.conn)
+            .path(path)
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .map_err(call(format!("service {unit}")))?;
+        let result = svc.result().await.map_err(call(format!("read Result of {unit}")))?;
+        let restarts = svc.n_restarts().await.unwrap_or(0);
+        Ok((result, restarts))
+    }
+}
+
+/// Unit names from D-Bus object paths: `/org/freedesktop/systemd1/unit/berth_2ddemo_2eservice`
+/// → `berth-demo.service`.
+pub fn unit_name_from_path(path: &str) -> Option<String> {
+    let enc = path.strip_prefix("/org/freedesktop/systemd1/unit/")?;
+    let bytes = enc.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'_' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Sends the name of every berth unit whose properties change (state changes, crashes,
+/// restarts) until the receiver is gone or the bus closes.
+pub async fn watch_units(
+    conn: zbus::Connection,
+    tx: tokio::sync::mpsc::Sender<String>,
+) -> Result<(), SystemdError> {
+    let rule = zbus::MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .interface("org.freedesktop.DBus.Properties")
+        .member("PropertiesChanged")
+        .path_namespace("/org/freedesktop/systemd1/unit")
+        .build()
+        .map_err(call("build match rule"))?;
+    let mut stream = zbus::MessageStream::for_match_rule(rule, &conn, std::num::NonZeroUsize::new(64))
+        .await
+        .map_err(call("watch units"))?;
+    while let Some(msg) = stream.next().await {
+        let Ok(msg) = msg else { continue };
+        let header = msg.header();
+        let Some(name) = header.path().and_then(|p| unit_name_from_path(p.as_str())) else {
+            continue;
+        };
+        if name.starts_with(crate::units::PREFIX) && tx.send(name).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_paths_decode() {
+        assert_eq!(
+            unit_name_from_path("/org/freedesktop/systemd1/unit/berth_2ddemo_2eservice").as_deref(),
+            Some("berth-demo.service")
+        );
+        assert_eq!(
+            unit_name_from_path("/org/freedesktop/systemd1/unit/berth_2dweb_2d_2ddb_2eservice").as_deref(),
+            Some("berth-web--db.service")
+        );
+        assert_eq!(unit_name_from_path("/other"), None);
+    }
+}
