@@ -16,8 +16,17 @@ fn main() {
     for f in files {
         println!("cargo:rerun-if-changed={}", f.display());
         let abs = std::fs::canonicalize(&f).expect("canonical path");
-        let name = f.file_name().expect("file name").to_string_lossy().into_owned();
-        writeln!(out, "    ({name:?}, include_str!({:?})),", abs.display().to_string()).expect("write");
+        let name = f
+            .file_name()
+            .expect("file name")
+            .to_string_lossy()
+            .into_owned();
+        writeln!(
+            out,
+            "    ({name:?}, include_str!({:?})),",
+            abs.display().to_string()
+        )
+        .expect("write");
     }
     out.push(']');
     let dest = Path::new(&std::env::var("OUT_DIR").expect("OUT_DIR")).join("builtin_catalog.rs");

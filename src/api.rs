@@ -52,7 +52,13 @@ struct ApiError(EngineError);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (status_of(&self.0), Json(ErrorBody { error: self.0.to_string() })).into_response()
+        (
+            status_of(&self.0),
+            Json(ErrorBody {
+                error: self.0.to_string(),
+            }),
+        )
+            .into_response()
     }
 }
 
@@ -78,20 +84,39 @@ pub fn router<P: Podman + Clone + 'static>(state: ApiState<P>) -> Router {
         .with_state(state)
 }
 
-async fn daemon<P: Podman + Clone + 'static>(AxState(s): AxState<ApiState<P>>) -> ApiResult<crate::status::DaemonInfo> {
+async fn daemon<P: Podman + Clone + 'static>(
+    AxState(s): AxState<ApiState<P>>,
+) -> ApiResult<crate::status::DaemonInfo> {
     Ok(Json(s.engine.ask(|reply| Command::Info { reply }).await?))
 }
 
-async fn list<P: Podman + Clone + 'static>(AxState(s): AxState<ApiState<P>>) -> ApiResult<Vec<crate::status::ServiceStatus>> {
-    Ok(Json(s.engine.ask(|reply| Command::Status { service: None, reply }).await??))
+async fn list<P: Podman + Clone + 'static>(
+    AxState(s): AxState<ApiState<P>>,
+) -> ApiResult<Vec<crate::status::ServiceStatus>> {
+    Ok(Json(
+        s.engine
+            .ask(|reply| Command::Status {
+                service: None,
+                reply,
+            })
+            .await??,
+    ))
 }
 
 async fn one<P: Podman + Clone + 'static>(
     AxState(s): AxState<ApiState<P>>,
     UrlPath(name): UrlPath<String>,
 ) -> ApiResult<crate::status::ServiceStatus> {
-    let mut v = s.engine.ask(|reply| Command::Status { service: Some(name.clone()), reply }).await??;
-    v.pop().map(Json).ok_or(ApiError(EngineError::UnknownService(name)))
+    let mut v = s
+        .engine
+        .ask(|reply| Command::Status {
+            service: Some(name.clone()),
+            reply,
+        })
+        .await??;
+    v.pop()
+        .map(Json)
+        .ok_or(ApiError(EngineError::UnknownService(name)))
 }
 
 async fn verb<P: Podman + Clone + 'static>(
@@ -104,28 +129,55 @@ async fn verb<P: Podman + Clone + 'static>(
         "disable" => (Choice::Off, false),
         "stop" => (Choice::Stopped, false),
         "restart" => (Choice::On, true),
-        _ => return Ok((StatusCode::NOT_FOUND, Json(ErrorBody { error: format!("unknown action {verb:?}") })).into_response()),
+        _ => {
+            return Ok((
+                StatusCode::NOT_FOUND,
+                Json(ErrorBody {
+                    error: format!("unknown action {verb:?}"),
+                }),
+            )
+                .into_response())
+        }
     };
     if verb == "restart" || verb == "stop" {
         // Stopping or restarting a service that is not enabled is a mistake worth naming.
-        let statuses = s.engine.ask(|reply| Command::Status { service: Some(name.clone()), reply }).await??;
+        let statuses = s
+            .engine
+            .ask(|reply| Command::Status {
+                service: Some(name.clone()),
+                reply,
+            })
+            .await??;
         if statuses.first().is_some_and(|st| st.choice == "off") && catalog.get(&name).is_some() {
             return Err(ApiError(EngineError::NotEnabled(name)));
         }
     }
     let report = s
         .engine
-        .ask(|reply| Command::Choose { service: name.clone(), choice, force, reply })
+        .ask(|reply| Command::Choose {
+            service: name.clone(),
+            choice,
+            force,
+            reply,
+        })
         .await??;
     Ok(Json(report).into_response())
 }
 
-async fn plan<P: Podman + Clone + 'static>(AxState(s): AxState<ApiState<P>>) -> ApiResult<crate::plan::Plan> {
+async fn plan<P: Podman + Clone + 'static>(
+    AxState(s): AxState<ApiState<P>>,
+) -> ApiResult<crate::plan::Plan> {
     Ok(Json(s.engine.ask(|reply| Command::Plan { reply }).await??))
 }
 
-async fn reconcile<P: Podman + Clone + 'static>(AxState(s): AxState<ApiState<P>>) -> ApiResult<crate::status::PassReport> {
-    Ok(Json(s.engine.ask(|reply| Command::Reconcile { reply: Some(reply) }).await?))
+async fn reconcile<P: Podman + Clone + 'static>(
+    AxState(s): AxState<ApiState<P>>,
+) -> ApiResult<crate::status::PassReport> {
+    Ok(Json(
+        s.engine
+            .ask(|reply| Command::Reconcile { reply: Some(reply) })
+            .await?,
+    ))
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -133,14 +185,21 @@ pub struct ReloadAnswer {
     pub services: usize,
 }
 
-async fn reload<P: Podman + Clone + 'static>(AxState(s): AxState<ApiState<P>>) -> ApiResult<ReloadAnswer> {
-    let n = s.engine.ask(|reply| Command::ReloadCatalog { reply: Some(reply) }).await??;
+async fn reload<P: Podman + Clone + 'static>(
+    AxState(s): AxState<ApiState<P>>,
+) -> ApiResult<ReloadAnswer> {
+    let n = s
+        .engine
+        .ask(|reply| Command::ReloadCatalog { reply: Some(reply) })
+        .await??;
     Ok(Json(ReloadAnswer { services: n }))
 }
 
 fn line_stream(rx: mpsc::Receiver<String>) -> Body {
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|line| (Ok::<_, Infallible>(format!("{line}\n")), rx))
+        rx.recv()
+            .await
+            .map(|line| (Ok::<_, Infallible>(format!("{line}\n")), rx))
     });
     Body::from_stream(stream)
 }
@@ -152,7 +211,9 @@ async fn pull<P: Podman + Clone + 'static>(
     UrlPath(name): UrlPath<String>,
 ) -> Result<Response, ApiError> {
     let catalog = s.engine.catalog();
-    let svc = catalog.get(&name).ok_or_else(|| ApiError(EngineError::UnknownService(name.clone())))?;
+    let svc = catalog
+        .get(&name)
+        .ok_or_else(|| ApiError(EngineError::UnknownService(name.clone())))?;
     let images: Vec<String> = svc.images().map(str::to_string).collect();
     let (tx, rx) = mpsc::channel(64);
     let podman = s.podman.clone();
@@ -182,7 +243,12 @@ async fn pull<P: Podman + Clone + 'static>(
             Some(e) => format!("error: {e}"),
         };
         let _client_may_have_left = tx.send(last).await;
-        if engine.sender().send(Command::Reconcile { reply: None }).await.is_err() {
+        if engine
+            .sender()
+            .send(Command::Reconcile { reply: None })
+            .await
+            .is_err()
+        {
             warn!("engine gone after a pull");
         }
     });
@@ -205,7 +271,9 @@ async fn logs<P: Podman + Clone + 'static>(
     Query(q): Query<LogsQuery>,
 ) -> Result<Response, ApiError> {
     let catalog = s.engine.catalog();
-    let svc = catalog.get(&name).ok_or_else(|| ApiError(EngineError::UnknownService(name.clone())))?;
+    let svc = catalog
+        .get(&name)
+        .ok_or_else(|| ApiError(EngineError::UnknownService(name.clone())))?;
     let names: Vec<(String, String)> = svc
         .containers
         .iter()
@@ -218,7 +286,11 @@ async fn logs<P: Podman + Clone + 'static>(
         let podman = s.podman.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
-            let prefix = if many { format!("{short} | ") } else { String::new() };
+            let prefix = if many {
+                format!("{short} | ")
+            } else {
+                String::new()
+            };
             let (ltx, mut lrx) = mpsc::channel::<String>(256);
             let forward = async {
                 while let Some(l) = lrx.recv().await {
@@ -244,7 +316,9 @@ async fn logs<P: Podman + Clone + 'static>(
                     }
                 };
                 if let Err(e) = r {
-                    let _client_may_have_left = tx.send(format!("{prefix}berth: no logs for {cname}: {e}")).await;
+                    let _client_may_have_left = tx
+                        .send(format!("{prefix}berth: no logs for {cname}: {e}"))
+                        .await;
                 }
             };
             tokio::join!(forward, fetch);
@@ -266,7 +340,10 @@ pub struct SameUserListener {
 
 impl SameUserListener {
     pub fn new(inner: UnixListener) -> Self {
-        SameUserListener { inner, uid: crate::sys::uid() }
+        SameUserListener {
+            inner,
+            uid: crate::sys::uid(),
+        }
     }
 }
 
@@ -310,7 +387,10 @@ pub enum BindError {
 /// Binds the API socket: directory 0700, socket 0600. A stale socket file (nobody answering)
 /// is replaced; a live one is an error.
 pub async fn bind(path: &Path) -> Result<UnixListener, BindError> {
-    let io = |source| BindError::Io { path: path.to_path_buf(), source };
+    let io = |source| BindError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     if let Some(dir) = path.parent() {
         crate::fsutil::create_dir(dir, 0o700).map_err(io)?;
     }

@@ -15,7 +15,11 @@ use crate::status::{DaemonInfo, PassReport, ServiceStatus, State};
 use crate::units;
 
 #[derive(Debug, Parser)]
-#[command(name = "berth", version, about = "Run your AI services as rootless Podman containers under your own systemd")]
+#[command(
+    name = "berth",
+    version,
+    about = "Run your AI services as rootless Podman containers under your own systemd"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Cmd,
@@ -123,10 +127,12 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Cmd::Daemon => {
             let shutdown = async {
-                let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(t) => t,
-                    Err(_) => return std::future::pending().await,
-                };
+                let mut term =
+                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    {
+                        Ok(t) => t,
+                        Err(_) => return std::future::pending().await,
+                    };
                 tokio::select! {
                     _ = term.recv() => {}
                     _ = tokio::signal::ctrl_c() => {}
@@ -138,10 +144,15 @@ pub async fn run(cli: Cli) -> Result<()> {
         Cmd::Status { name, json } => status(&name, json).await,
         Cmd::Enable { name, no_pull } => {
             check_name(&name)?;
-            if !no_pull {
-                pull(&name, true).await?;
-            }
-            act(&name, "enable").await
+            // A failed pull still records the choice: the daemon keeps the reason on display
+            // and the service starts once its image arrives.
+            let pulled = if no_pull {
+                Ok(())
+            } else {
+                pull(&name, true).await
+            };
+            let enabled = act(&name, "enable").await;
+            pulled.and(enabled)
         }
         Cmd::Disable { name } => act(&name, "disable").await,
         Cmd::Start { name } => act(&name, "start").await,
@@ -191,7 +202,10 @@ pub async fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&i)?);
             } else {
                 println!("berth {} (pid {})", i.version, i.pid);
-                println!("podman {}", i.podman_version.as_deref().unwrap_or("unreachable"));
+                println!(
+                    "podman {}",
+                    i.podman_version.as_deref().unwrap_or("unreachable")
+                );
                 println!("catalog: {} services", i.catalog_services);
                 if let Some(e) = &i.catalog_error {
                     println!("catalog error (last good catalog in force):\n{e}");
@@ -205,7 +219,9 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Render { out, names } => render(&out, &names),
-        Cmd::Catalog { command: CatalogCmd::Validate { paths, alone } } => validate(&paths, alone),
+        Cmd::Catalog {
+            command: CatalogCmd::Validate { paths, alone },
+        } => validate(&paths, alone),
     }
 }
 
@@ -229,11 +245,18 @@ async fn pull(name: &str, quiet_when_present: bool) -> Result<()> {
     let c = client()?;
     let mut err = std::io::stderr().lock();
     let last = c
-        .lines(hyper::Method::POST, &format!("/v1/services/{name}/pull"), |l| {
-            if !(quiet_when_present && l.ends_with(": present")) && l != "ok" && !l.starts_with("error: ") {
-                let _stderr_closed = writeln!(err, "{l}");
-            }
-        })
+        .lines(
+            hyper::Method::POST,
+            &format!("/v1/services/{name}/pull"),
+            |l| {
+                if !(quiet_when_present && l.ends_with(": present"))
+                    && l != "ok"
+                    && !l.starts_with("error: ")
+                {
+                    let _stderr_closed = writeln!(err, "{l}");
+                }
+            },
+        )
         .await?;
     match last.as_deref() {
         Some("ok") => Ok(()),
@@ -251,20 +274,36 @@ async fn act(name: &str, verb: &str) -> Result<()> {
     }
     let st: ServiceStatus = c.get(&format!("/v1/services/{name}")).await?;
     print_one_line(&st);
-    let mine: Vec<&String> = r.errors.iter().filter(|e| e.contains(&units::main_unit(name)) || e.contains(name)).collect();
+    let mine: Vec<&String> = r
+        .errors
+        .iter()
+        .filter(|e| e.contains(&units::main_unit(name)) || e.contains(name))
+        .collect();
     if !mine.is_empty() {
-        bail!("{}", mine.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("; "));
+        bail!(
+            "{}",
+            mine.iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
     }
     let ok = match verb {
         "disable" => matches!(st.state, State::Off | State::Stopping),
         "stop" => matches!(st.state, State::Stopped | State::Stopping),
-        _ => matches!(st.state, State::Running | State::Starting | State::Unhealthy),
+        _ => matches!(
+            st.state,
+            State::Running | State::Starting | State::Unhealthy
+        ),
     };
     if !ok {
         bail!(
             "{name} is {}{}",
             st.state.as_str(),
-            st.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+            st.reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
         );
     }
     Ok(())
@@ -273,7 +312,11 @@ async fn act(name: &str, verb: &str) -> Result<()> {
 fn print_one_line(st: &ServiceStatus) {
     let urls: Vec<&str> = st.ports.iter().map(|p| p.url.as_str()).collect();
     let mut line = format!("{}: {}", st.name, st.state.as_str());
-    if matches!(st.state, State::Running | State::Starting | State::Unhealthy) && !urls.is_empty() {
+    if matches!(
+        st.state,
+        State::Running | State::Starting | State::Unhealthy
+    ) && !urls.is_empty()
+    {
         line.push_str(&format!(" — {}", urls.join(" ")));
     }
     if let Some(r) = &st.reason {
@@ -291,9 +334,14 @@ async fn ls(json: bool) -> Result<()> {
     }
     let info: DaemonInfo = c.get("/v1/daemon").await?;
     if let Some(e) = &info.catalog_error {
-        eprintln!("warning: the newest catalog is broken; the last good one stays in force:\n{e}\n");
+        eprintln!(
+            "warning: the newest catalog is broken; the last good one stays in force:\n{e}\n"
+        );
     }
-    println!("{:<14} {:<9} {:<10} {:<22} REASON", "NAME", "CHOICE", "STATE", "PORTS");
+    println!(
+        "{:<14} {:<9} {:<10} {:<22} REASON",
+        "NAME", "CHOICE", "STATE", "PORTS"
+    );
     for s in list {
         let ports: Vec<String> = s.ports.iter().map(|p| p.port.to_string()).collect();
         println!(
@@ -330,8 +378,14 @@ async fn status(name: &str, json: bool) -> Result<()> {
             "  container {}: {}{}{}  [{}]",
             c.name,
             c.state,
-            c.health.as_deref().map(|h| format!(", {h}")).unwrap_or_default(),
-            c.started_at.as_deref().map(|t| format!(", since {t}")).unwrap_or_default(),
+            c.health
+                .as_deref()
+                .map(|h| format!(", {h}"))
+                .unwrap_or_default(),
+            c.started_at
+                .as_deref()
+                .map(|t| format!(", since {t}"))
+                .unwrap_or_default(),
             c.image
         );
     }
@@ -359,7 +413,8 @@ fn render(out: &Path, names: &[String]) -> Result<()> {
         }
         for u in units::render(svc, &ctx) {
             let p = out.join(&u.name);
-            crate::fsutil::write_atomic(&p, u.content.as_bytes(), 0o644).with_context(|| format!("write {}", p.display()))?;
+            crate::fsutil::write_atomic(&p, u.content.as_bytes(), 0o644)
+                .with_context(|| format!("write {}", p.display()))?;
             count += 1;
         }
     }
@@ -369,19 +424,29 @@ fn render(out: &Path, names: &[String]) -> Result<()> {
 
 fn validate(paths: &[PathBuf], alone: bool) -> Result<()> {
     let mut layers = if alone {
-        Layers { builtin: false, policy: None, files: Vec::new() }
+        Layers {
+            builtin: false,
+            policy: None,
+            files: Vec::new(),
+        }
     } else {
         Layers::standard(&etc_dir())?
     };
     // The given files come last, so they replace same-named services of the other layers.
-    layers.files.retain(|f| !paths.iter().any(|p| same_file(p, f)));
+    layers
+        .files
+        .retain(|f| !paths.iter().any(|p| same_file(p, f)));
     layers.files.extend(paths.iter().cloned());
     let cat = catalog::load(&layers)?;
     let names: Vec<String> = paths
         .iter()
         .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
         .collect();
-    println!("ok: {} file(s) valid ({} services in the combined catalog)", names.len(), cat.services.len());
+    println!(
+        "ok: {} file(s) valid ({} services in the combined catalog)",
+        names.len(),
+        cat.services.len()
+    );
     Ok(())
 }
 

@@ -37,7 +37,11 @@ impl Client {
         }
     }
 
-    async fn send(&self, method: hyper::Method, path: &str) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
+    async fn send(
+        &self,
+        method: hyper::Method,
+        path: &str,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
         let uri: hyper::Uri = Uri::new(&self.socket, path).into();
         let req = hyper::Request::builder()
             .method(method)
@@ -52,7 +56,11 @@ impl Client {
         }
     }
 
-    async fn json<T: DeserializeOwned>(&self, method: hyper::Method, path: &str) -> Result<T, ClientError> {
+    async fn json<T: DeserializeOwned>(
+        &self,
+        method: hyper::Method,
+        path: &str,
+    ) -> Result<T, ClientError> {
         let resp = self.send(method, path).await?;
         let status = resp.status();
         let body = resp
@@ -79,12 +87,21 @@ impl Client {
     }
 
     /// Streams a text answer line by line into `on_line`; returns the last line.
-    pub async fn lines(&self, method: hyper::Method, path: &str, mut on_line: impl FnMut(&str)) -> Result<Option<String>, ClientError> {
+    pub async fn lines(
+        &self,
+        method: hyper::Method,
+        path: &str,
+        mut on_line: impl FnMut(&str),
+    ) -> Result<Option<String>, ClientError> {
         let resp = self.send(method, path).await?;
         let status = resp.status();
         let mut body = resp.into_body();
         if !status.is_success() {
-            let bytes = body.collect().await.map_err(|e| ClientError::Http(Box::new(e)))?.to_bytes();
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|e| ClientError::Http(Box::new(e)))?
+                .to_bytes();
             let msg = serde_json::from_slice::<ErrorBody>(&bytes)
                 .map(|b| b.error)
                 .unwrap_or_else(|_| format!("{status}"));

@@ -39,10 +39,17 @@ pub fn detect_render_ctx() -> RenderCtx {
                 .map(|d| d.join("podman"))
                 .find(|c| c.is_file())
         })
-        .map_or_else(|| "/usr/bin/podman".to_string(), |p| p.display().to_string());
-    let gpu_available = ["/etc/cdi/nvidia.yaml", "/var/run/cdi/nvidia.yaml", "/etc/cdi/nvidia.json"]
-        .iter()
-        .any(|p| Path::new(p).exists());
+        .map_or_else(
+            || "/usr/bin/podman".to_string(),
+            |p| p.display().to_string(),
+        );
+    let gpu_available = [
+        "/etc/cdi/nvidia.yaml",
+        "/var/run/cdi/nvidia.yaml",
+        "/etc/cdi/nvidia.json",
+    ]
+    .iter()
+    .any(|p| Path::new(p).exists());
     RenderCtx {
         podman,
         gpu_available,
@@ -50,7 +57,9 @@ pub fn detect_render_ctx() -> RenderCtx {
     }
 }
 
-pub async fn run(shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), DaemonError> {
+pub async fn run(
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), DaemonError> {
     let paths = Paths::from_env()?;
     let socket = PodmanClient::default_socket().ok_or(DaemonError::NoPodman)?;
     let podman = PodmanClient::new(socket);
@@ -78,16 +87,25 @@ pub async fn run(shutdown: impl std::future::Future<Output = ()> + Send + 'stati
         }
     });
 
-    let first = handle.ask(|reply| Command::Reconcile { reply: Some(reply) }).await;
+    let first = handle
+        .ask(|reply| Command::Reconcile { reply: Some(reply) })
+        .await;
     match first {
-        Ok(r) => info!(applied = r.applied.len(), errors = r.errors.len(), "first pass done"),
+        Ok(r) => info!(
+            applied = r.applied.len(),
+            errors = r.errors.len(),
+            "first pass done"
+        ),
         Err(err) => warn!(%err, "first pass did not run"),
     }
     if let Err(err) = crate::sys::sd_notify("READY=1") {
         warn!(%err, "cannot notify systemd");
     }
     info!(socket = %paths.socket().display(), "berth daemon ready");
-    let state = ApiState { engine: handle, podman };
+    let state = ApiState {
+        engine: handle,
+        podman,
+    };
     let served = api::serve(listener, state, shutdown).await;
     let _stopping_notice_is_best_effort = crate::sys::sd_notify("STOPPING=1");
     let _socket_may_be_gone = std::fs::remove_file(paths.socket());

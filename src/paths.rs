@@ -22,7 +22,9 @@ pub struct Paths {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PathsError {
-    #[error("{0} is not set; berth runs inside a user session (is this a login shell of the user?)")]
+    #[error(
+        "{0} is not set; berth runs inside a user session (is this a login shell of the user?)"
+    )]
     Missing(&'static str),
 }
 

@@ -55,16 +55,41 @@ pub struct Actual {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Action {
-    Stop { service: String, unit: String },
-    ResetFailed { service: String, unit: String },
-    RemoveUnit { service: String, unit: String },
-    WriteUnit { service: String, unit: String, #[serde(skip_serializing, default)] content: String },
+    Stop {
+        service: String,
+        unit: String,
+    },
+    ResetFailed {
+        service: String,
+        unit: String,
+    },
+    RemoveUnit {
+        service: String,
+        unit: String,
+    },
+    WriteUnit {
+        service: String,
+        unit: String,
+        #[serde(skip_serializing, default)]
+        content: String,
+    },
     DaemonReload,
-    Pull { service: String, image: String },
+    Pull {
+        service: String,
+        image: String,
+    },
     /// Write the service's env files (secrets) and mounted config files.
-    PrepareFiles { service: String },
-    Start { service: String, unit: String },
-    Restart { service: String, unit: String },
+    PrepareFiles {
+        service: String,
+    },
+    Start {
+        service: String,
+        unit: String,
+    },
+    Restart {
+        service: String,
+        unit: String,
+    },
 }
 
 impl Action {
@@ -169,19 +194,35 @@ pub fn plan(desired: &Desired, actual: &Actual) -> Plan {
         }
     }
     for svc in present {
-        let wanted = desired.services.get(svc).is_some_and(|d| d.choice != Choice::Off);
+        let wanted = desired
+            .services
+            .get(svc)
+            .is_some_and(|d| d.choice != Choice::Off);
         if wanted {
             continue;
         }
         let main = units::main_unit(svc);
         let state = actual.units.get(&main);
         if active_or_starting(state) {
-            stops.push(Action::Stop { service: svc.into(), unit: main.clone() });
+            stops.push(Action::Stop {
+                service: svc.into(),
+                unit: main.clone(),
+            });
         } else if state.is_some_and(|u| u.active == "failed") {
-            stops.push(Action::ResetFailed { service: svc.into(), unit: main.clone() });
+            stops.push(Action::ResetFailed {
+                service: svc.into(),
+                unit: main.clone(),
+            });
         }
-        for unit in actual.unit_files.keys().filter(|u| units::service_of_unit(u) == Some(svc)) {
-            files.push(Action::RemoveUnit { service: svc.into(), unit: unit.clone() });
+        for unit in actual
+            .unit_files
+            .keys()
+            .filter(|u| units::service_of_unit(u) == Some(svc))
+        {
+            files.push(Action::RemoveUnit {
+                service: svc.into(),
+                unit: unit.clone(),
+            });
             reload = true;
         }
     }
@@ -204,20 +245,32 @@ pub fn plan(desired: &Desired, actual: &Actual) -> Plan {
                 reload = true;
             }
         }
-        for unit in actual.unit_files.keys().filter(|f| units::service_of_unit(f) == Some(name)) {
+        for unit in actual
+            .unit_files
+            .keys()
+            .filter(|f| units::service_of_unit(f) == Some(name))
+        {
             if !d.units.iter().any(|u| &u.name == unit) {
-                files.push(Action::RemoveUnit { service: name.clone(), unit: unit.clone() });
+                files.push(Action::RemoveUnit {
+                    service: name.clone(),
+                    unit: unit.clone(),
+                });
                 changed = true;
             }
         }
         reload |= changed;
 
-        let Some(main) = d.units.first().map(|u| u.name.clone()) else { continue };
+        let Some(main) = d.units.first().map(|u| u.name.clone()) else {
+            continue;
+        };
         let state = actual.units.get(&main);
         let running = state.is_some_and(|u| u.is_active());
         if d.choice == Choice::Stopped {
             if active_or_starting(state) {
-                stops.push(Action::Stop { service: name.clone(), unit: main });
+                stops.push(Action::Stop {
+                    service: name.clone(),
+                    unit: main,
+                });
             }
             continue;
         }
@@ -228,7 +281,8 @@ pub fn plan(desired: &Desired, actual: &Actual) -> Plan {
         if running && !changed && !d.force {
             continue;
         }
-        if state.is_some_and(|u| u.active == "activating" || u.active == "deactivating") && !d.force {
+        if state.is_some_and(|u| u.active == "activating" || u.active == "deactivating") && !d.force
+        {
             continue;
         }
         let failed = state.is_some_and(|u| u.active == "failed");
@@ -247,11 +301,14 @@ pub fn plan(desired: &Desired, actual: &Actual) -> Plan {
                 for image in missing {
                     match actual.pulls.get(image) {
                         Some(PullState::Running) => why.push(format!("pulling {image}")),
-                        Some(PullState::Failed(e)) if !d.force => {
-                            why.push(format!("image {image} is not present and could not be pulled: {e}"))
-                        }
+                        Some(PullState::Failed(e)) if !d.force => why.push(format!(
+                            "image {image} is not present and could not be pulled: {e}"
+                        )),
                         _ => {
-                            pulls.push(Action::Pull { service: name.clone(), image: image.clone() });
+                            pulls.push(Action::Pull {
+                                service: name.clone(),
+                                image: image.clone(),
+                            });
                             why.push(format!("pulling {image}"));
                         }
                     }
@@ -260,14 +317,25 @@ pub fn plan(desired: &Desired, actual: &Actual) -> Plan {
                 continue;
             }
         }
-        let mut acts = vec![Action::PrepareFiles { service: name.clone() }];
+        let mut acts = vec![Action::PrepareFiles {
+            service: name.clone(),
+        }];
         if failed {
-            acts.push(Action::ResetFailed { service: name.clone(), unit: main.clone() });
+            acts.push(Action::ResetFailed {
+                service: name.clone(),
+                unit: main.clone(),
+            });
         }
         acts.push(if running {
-            Action::Restart { service: name.clone(), unit: main }
+            Action::Restart {
+                service: name.clone(),
+                unit: main,
+            }
         } else {
-            Action::Start { service: name.clone(), unit: main }
+            Action::Start {
+                service: name.clone(),
+                unit: main,
+            }
         });
         starts.insert(name.as_str(), acts);
     }

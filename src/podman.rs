@@ -360,12 +360,10 @@ impl Podman for PodmanClient {
             let Ok(data) = frame.into_data() else {
                 continue; // trailers
             };
-            let events = reports
-                .push(&data)
-                .map_err(|source| PodmanError::Decode {
-                    what: what.clone(),
-                    source,
-                })?;
+            let events = reports.push(&data).map_err(|source| PodmanError::Decode {
+                what: what.clone(),
+                source,
+            })?;
             for event in events {
                 match event.into_progress() {
                     PullEvent::Error(message) => {
@@ -1255,7 +1253,10 @@ mod tests {
 
     #[test]
     fn percent_encoding() {
-        assert_eq!(encode("localhost/berth-demo:1"), "localhost%2Fberth-demo%3A1");
+        assert_eq!(
+            encode("localhost/berth-demo:1"),
+            "localhost%2Fberth-demo%3A1"
+        );
         assert_eq!(encode("a-b_c.d~e"), "a-b_c.d~e");
         assert_eq!(
             encode(r#"{"label":["k=v w"]}"#),
@@ -1403,6 +1404,9 @@ mod tests {
                             conn.flush().await.expect("flush");
                             tokio::task::yield_now().await;
                         }
+                        // Hold the connection until the client is done with it, so that a
+                        // stream left open here looks like a server that has nothing more yet.
+                        while conn.read(&mut buf).await.is_ok_and(|n| n > 0) {}
                     }
                     None => {
                         tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -1449,7 +1453,10 @@ mod tests {
         assert!(matches!(err, PodmanError::Connect { .. }), "{err:?}");
         let text = err.to_string();
         assert!(text.contains(&socket.display().to_string()), "{text}");
-        assert!(text.contains("systemctl --user start podman.socket"), "{text}");
+        assert!(
+            text.contains("systemctl --user start podman.socket"),
+            "{text}"
+        );
     }
 
     #[tokio::test]
@@ -1563,7 +1570,10 @@ mod tests {
             .await
             .expect("pull ends")
             .expect("task ok");
-        assert!(matches!(result, Err(PodmanError::Cancelled { .. })), "{result:?}");
+        assert!(
+            matches!(result, Err(PodmanError::Cancelled { .. })),
+            "{result:?}"
+        );
     }
 
     #[tokio::test]
@@ -1586,7 +1596,10 @@ mod tests {
 
     #[tokio::test]
     async fn logs_follow_ends_when_receiver_dropped_on_a_quiet_log() {
-        let api = fake_api(vec![Some(vec![chunked_head(), chunk(&frame(1, b"first\n"))])]);
+        let api = fake_api(vec![Some(vec![
+            chunked_head(),
+            chunk(&frame(1, b"first\n")),
+        ])]);
         let (tx, mut rx) = mpsc::channel(16);
         let client = PodmanClient::new(&api.socket);
         let follow = tokio::spawn(async move { client.logs_follow("web", 10, tx).await });

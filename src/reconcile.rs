@@ -98,9 +98,15 @@ impl Handle {
         self.catalog.borrow().clone()
     }
 
-    pub async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, EngineError> {
+    pub async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, EngineError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(make(tx)).await.map_err(|_| EngineError::Gone)?;
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| EngineError::Gone)?;
         rx.await.map_err(|_| EngineError::Gone)
     }
 }
@@ -131,7 +137,9 @@ pub struct Engine<S, P, U> {
 
 impl<S, P, U> std::fmt::Debug for Engine<S, P, U> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("paths", &self.paths).finish_non_exhaustive()
+        f.debug_struct("Engine")
+            .field("paths", &self.paths)
+            .finish_non_exhaustive()
     }
 }
 
@@ -156,7 +164,13 @@ where
     /// Loads the user's state and the catalog. A broken state file is an error (nothing is
     /// touched); a broken catalog is not: the engine starts with an empty catalog in force and
     /// the error on display, and applies nothing until a good catalog arrives.
-    pub fn new(systemd: S, podman: P, units: U, paths: Paths, ctx: RenderCtx) -> Result<(Self, Handle, mpsc::Receiver<Command>), StateError> {
+    pub fn new(
+        systemd: S,
+        podman: P,
+        units: U,
+        paths: Paths,
+        ctx: RenderCtx,
+    ) -> Result<(Self, Handle, mpsc::Receiver<Command>), StateError> {
         let state = UserState::load(&paths.state_file())?;
         let secrets = SecretStore::new(paths.secrets_dir());
         let (catalog_tx, catalog_rx) = watch::channel(Arc::new(Catalog::default()));
@@ -187,7 +201,14 @@ where
         if let Err(err) = e.reload_catalog() {
             warn!(%err, "catalog is broken; nothing will be changed until it is fixed");
         }
-        Ok((e, Handle { tx, catalog: catalog_rx }, rx))
+        Ok((
+            e,
+            Handle {
+                tx,
+                catalog: catalog_rx,
+            },
+            rx,
+        ))
     }
 
     fn loaded(&self) -> bool {
@@ -211,7 +232,12 @@ where
             }
             Err(e) => {
                 let msg = match &e {
-                    CatalogError::Read { .. } => format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()),
+                    CatalogError::Read { .. } => format!(
+                        "{e}: {}",
+                        std::error::Error::source(&e)
+                            .map(|s| s.to_string())
+                            .unwrap_or_default()
+                    ),
                     CatalogError::Invalid(_) => e.to_string(),
                 };
                 if let Ok(layers) = Layers::standard(self.paths.etc()) {
@@ -256,7 +282,10 @@ where
     }
 
     async fn actual(&mut self, desired: &Desired) -> Result<Actual, String> {
-        let unit_files = self.units.list().map_err(|e| format!("cannot read {}: {e}", self.units_dir()))?;
+        let unit_files = self
+            .units
+            .list()
+            .map_err(|e| format!("cannot read {}: {e}", self.units_dir()))?;
         let units: BTreeMap<String, UnitState> = self
             .systemd
             .list_units("berth-*")
@@ -269,7 +298,9 @@ where
         let mut stale = BTreeSet::new();
         if self.check_stale {
             for name in unit_files.keys() {
-                if units.contains_key(name) && self.systemd.needs_reload(name).await.unwrap_or(false) {
+                if units.contains_key(name)
+                    && self.systemd.needs_reload(name).await.unwrap_or(false)
+                {
                     stale.insert(name.clone());
                 }
             }
@@ -281,7 +312,9 @@ where
                 continue;
             }
             let main = d.units.first().map(|u| u.name.as_str()).unwrap_or_default();
-            let running = units.get(main).is_some_and(|u| u.is_active() || u.active == "activating");
+            let running = units
+                .get(main)
+                .is_some_and(|u| u.is_active() || u.active == "activating");
             if running && !d.force {
                 continue;
             }
@@ -313,7 +346,9 @@ where
     /// Computes the plan without applying it.
     pub async fn plan(&mut self) -> Result<Plan, EngineError> {
         if !self.loaded() {
-            return Err(EngineError::Catalog(self.catalog_error.clone().unwrap_or_default()));
+            return Err(EngineError::Catalog(
+                self.catalog_error.clone().unwrap_or_default(),
+            ));
         }
         let desired = self.desired();
         let actual = self.actual(&desired).await.map_err(EngineError::State)?;
@@ -358,7 +393,10 @@ where
                 Ok(()) => {
                     info!("done");
                     if let Some(s) = action.service() {
-                        if matches!(action, Action::Start { .. } | Action::Restart { .. } | Action::Stop { .. }) {
+                        if matches!(
+                            action,
+                            Action::Start { .. } | Action::Restart { .. } | Action::Stop { .. }
+                        ) {
                             self.apply_errors.remove(s);
                         }
                     }
@@ -396,11 +434,15 @@ where
             }
             Action::RemoveUnit { unit, .. } => {
                 self.counters.file_writes += 1;
-                self.units.remove(unit).map_err(|e| format!("remove {unit}: {e}"))
+                self.units
+                    .remove(unit)
+                    .map_err(|e| format!("remove {unit}: {e}"))
             }
             Action::WriteUnit { unit, content, .. } => {
                 self.counters.file_writes += 1;
-                self.units.write(unit, content).map_err(|e| format!("write {unit} in {}: {e}", self.units_dir()))
+                self.units
+                    .write(unit, content)
+                    .map_err(|e| format!("write {unit} in {}: {e}", self.units_dir()))
             }
             Action::DaemonReload => {
                 self.counters.systemd_writes += 1;
@@ -444,13 +486,17 @@ where
         };
         let needs_secrets = !svc.secrets.is_empty();
         let secrets = if needs_secrets {
-            self.secrets.ensure(service, &svc.secrets).map_err(|e| e.to_string())?
+            self.secrets
+                .ensure(service, &svc.secrets)
+                .map_err(|e| e.to_string())?
         } else {
             BTreeMap::new()
         };
         for ctr in &svc.containers {
             if let Some(rel) = units::env_file(svc, ctr) {
-                let mut text = String::from("# Generated by berth: secrets for this container. Keep private.\n");
+                let mut text = String::from(
+                    "# Generated by berth: secrets for this container. Keep private.\n",
+                );
                 for (k, v) in &ctr.env {
                     if v.contains(catalog::SECRET_PREFIX) {
                         // Podman env files are KEY=VALUE lines, taken literally.
@@ -513,17 +559,27 @@ where
 
     fn choose(&mut self, service: &str, choice: Choice, force: bool) -> Result<(), EngineError> {
         if !self.loaded() {
-            return Err(EngineError::Catalog(self.catalog_error.clone().unwrap_or_default()));
+            return Err(EngineError::Catalog(
+                self.catalog_error.clone().unwrap_or_default(),
+            ));
         }
         if !self.catalog.services.contains_key(service) {
             return Err(EngineError::UnknownService(service.into()));
         }
-        if choice != Choice::Off && self.catalog.policy.denied_services.iter().any(|d| d == service) {
+        if choice != Choice::Off
+            && self
+                .catalog
+                .policy
+                .denied_services
+                .iter()
+                .any(|d| d == service)
+        {
             return Err(EngineError::Denied(service.into()));
         }
         let mut next = self.state.clone();
         next.set(service, choice);
-        next.save(&self.paths.state_file()).map_err(|e| EngineError::State(format!("{e}: {}", source_chain(&e))))?;
+        next.save(&self.paths.state_file())
+            .map_err(|e| EngineError::State(format!("{e}: {}", source_chain(&e))))?;
         self.state = next;
         if force {
             self.force.insert(service.into());
@@ -580,9 +636,14 @@ where
                     name: cname,
                     unit: units::container_unit(svc, ctr),
                     image: ctr.image.clone(),
-                    state: inspect.as_ref().map_or_else(|| "absent".to_string(), |i| i.status.clone()),
+                    state: inspect
+                        .as_ref()
+                        .map_or_else(|| "absent".to_string(), |i| i.status.clone()),
                     health: inspect.as_ref().and_then(|i| i.health.clone()),
-                    started_at: inspect.as_ref().filter(|i| i.running).map(|i| i.started_at.clone()),
+                    started_at: inspect
+                        .as_ref()
+                        .filter(|i| i.running)
+                        .map(|i| i.started_at.clone()),
                 });
             }
             let (state, mut reason) = derive_state(choice, ustate, &containers);
@@ -610,7 +671,8 @@ where
                 state,
                 reason,
                 unit: main,
-                unit_state: ustate.map_or_else(|| "absent".into(), |u| format!("{}/{}", u.active, u.sub)),
+                unit_state: ustate
+                    .map_or_else(|| "absent".into(), |u| format!("{}/{}", u.active, u.sub)),
                 ports: svc
                     .ports()
                     .map(|p| PortStatus {
@@ -672,7 +734,12 @@ where
             };
             let Some(cmd) = cmd else { break };
             match cmd {
-                Command::Choose { service, choice, force, reply } => {
+                Command::Choose {
+                    service,
+                    choice,
+                    force,
+                    reply,
+                } => {
                     let r = match self.choose(&service, choice, force) {
                         Ok(()) => Ok(self.pass().await),
                         Err(e) => Err(e),
@@ -704,7 +771,9 @@ where
                             info!(services = n, "catalog reloaded");
                             self.pass().await;
                         }
-                        Err(e) => warn!(err = %e, "catalog change rejected; the last good catalog stays"),
+                        Err(e) => {
+                            warn!(err = %e, "catalog change rejected; the last good catalog stays")
+                        }
                     }
                     if let Some(reply) = reply {
                         let _caller_may_have_left = reply.send(r);
@@ -732,10 +801,17 @@ where
 }
 
 /// The coarse state from the user's choice, the main unit and the containers.
-fn derive_state(choice: Choice, unit: Option<&UnitState>, containers: &[ContainerStatus]) -> (State, Option<String>) {
+fn derive_state(
+    choice: Choice,
+    unit: Option<&UnitState>,
+    containers: &[ContainerStatus],
+) -> (State, Option<String>) {
     let active = unit.map_or("inactive", |u| u.active.as_str());
     match (choice, active) {
-        (_, "failed") => (State::Failed, Some(format!("unit {}", unit.map_or("", |u| u.sub.as_str())))),
+        (_, "failed") => (
+            State::Failed,
+            Some(format!("unit {}", unit.map_or("", |u| u.sub.as_str()))),
+        ),
         (_, "activating") => (State::Starting, None),
         (_, "deactivating") => (State::Stopping, None),
         (Choice::Off, "active") => (State::Stopping, Some("disabled; stopping".into())),
@@ -743,10 +819,22 @@ fn derive_state(choice: Choice, unit: Option<&UnitState>, containers: &[Containe
         (Choice::Stopped, "active") => (State::Stopping, None),
         (Choice::Stopped, _) => (State::Stopped, None),
         (Choice::On, "active") | (Choice::On, "reloading") => {
-            if let Some(c) = containers.iter().find(|c| c.health.as_deref() == Some("unhealthy")) {
-                (State::Unhealthy, Some(format!("health check of {} fails", c.name)))
-            } else if let Some(c) = containers.iter().find(|c| c.health.as_deref() == Some("starting")) {
-                (State::Starting, Some(format!("{} is starting (health check pending)", c.name)))
+            if let Some(c) = containers
+                .iter()
+                .find(|c| c.health.as_deref() == Some("unhealthy"))
+            {
+                (
+                    State::Unhealthy,
+                    Some(format!("health check of {} fails", c.name)),
+                )
+            } else if let Some(c) = containers
+                .iter()
+                .find(|c| c.health.as_deref() == Some("starting"))
+            {
+                (
+                    State::Starting,
+                    Some(format!("{} is starting (health check pending)", c.name)),
+                )
             } else {
                 (State::Running, None)
             }

@@ -64,7 +64,12 @@ impl UserState {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(source) => return Err(StateError::Read { path: path.into(), source }),
+            Err(source) => {
+                return Err(StateError::Read {
+                    path: path.into(),
+                    source,
+                })
+            }
         };
         toml::from_str(&text).map_err(|e| {
             let src = crate::catalog::Source::new(path, text.clone());
@@ -79,7 +84,10 @@ impl UserState {
     }
 
     pub fn save(&self, path: &Path) -> Result<(), StateError> {
-        let werr = |source| StateError::Write { path: path.into(), source };
+        let werr = |source| StateError::Write {
+            path: path.into(),
+            source,
+        };
         if let Some(dir) = path.parent() {
             create_dir(dir, 0o700).map_err(werr)?;
         }
@@ -118,7 +126,11 @@ impl SecretStore {
     }
 
     /// The named secrets of a service, generating (and storing) any that do not exist yet.
-    pub fn ensure(&self, service: &str, names: &[String]) -> Result<BTreeMap<String, String>, StateError> {
+    pub fn ensure(
+        &self,
+        service: &str,
+        names: &[String],
+    ) -> Result<BTreeMap<String, String>, StateError> {
         let path = self.file(service);
         let mut map: BTreeMap<String, String> = match std::fs::read_to_string(&path) {
             Ok(t) => toml::from_str(&t).map_err(|e| StateError::Parse {
@@ -133,9 +145,18 @@ impl SecretStore {
         let missing: Vec<&String> = names.iter().filter(|n| !map.contains_key(*n)).collect();
         if !missing.is_empty() {
             for n in missing {
-                map.insert(n.clone(), random_secret().map_err(|source| StateError::Read { path: "/dev/urandom".into(), source })?);
+                map.insert(
+                    n.clone(),
+                    random_secret().map_err(|source| StateError::Read {
+                        path: "/dev/urandom".into(),
+                        source,
+                    })?,
+                );
             }
-            let werr = |source| StateError::Write { path: path.clone(), source };
+            let werr = |source| StateError::Write {
+                path: path.clone(),
+                source,
+            };
             create_dir(&self.dir, 0o700).map_err(werr)?;
             let text = toml::to_string(&map).map_err(|e| werr(std::io::Error::other(e)))?;
             write_atomic(&path, text.as_bytes(), 0o600).map_err(werr)?;
@@ -189,7 +210,9 @@ mod tests {
         let e = UserState::load(&p).expect_err("broken");
         let msg = e.to_string();
         assert!(msg.contains("state.toml:2:"), "{msg}");
-        assert!(std::fs::read_to_string(&p).expect("still there").contains("maybe"));
+        assert!(std::fs::read_to_string(&p)
+            .expect("still there")
+            .contains("maybe"));
     }
 
     #[test]
@@ -197,12 +220,17 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SecretStore::new(dir.path().join("secrets"));
         let a = store.ensure("svc", &["pw".into()]).expect("ensure");
-        let b = store.ensure("svc", &["pw".into(), "salt".into()]).expect("ensure again");
+        let b = store
+            .ensure("svc", &["pw".into(), "salt".into()])
+            .expect("ensure again");
         assert_eq!(a["pw"], b["pw"], "existing secrets are kept");
         assert_eq!(b["salt"].len(), 64);
         assert_ne!(b["pw"], b["salt"]);
         let meta = std::fs::metadata(dir.path().join("secrets/svc.toml")).expect("meta");
         assert_eq!(meta.mode() & 0o777, 0o600);
-        assert_eq!(substitute("u:${secret.pw}@h", &b), format!("u:{}@h", b["pw"]));
+        assert_eq!(
+            substitute("u:${secret.pw}@h", &b),
+            format!("u:{}@h", b["pw"])
+        );
     }
 }

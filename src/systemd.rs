@@ -8,10 +8,10 @@ use std::future::Future;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
-use zbus_systemd::zbus;
 use serde::Serialize;
 use zbus::OwnedObjectPath;
 use zbus_systemd::systemd1::{ManagerProxy, UnitProxy};
+use zbus_systemd::zbus;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SystemdError {
@@ -57,16 +57,34 @@ pub enum JobOutcome {
 /// What berth needs of systemd. One real implementation; unit tests of the planner use data.
 pub trait Systemd: Send + Sync {
     /// Loaded units whose names match `pattern` (glob, e.g. `berth-*`).
-    fn list_units(&self, pattern: &str) -> impl Future<Output = Result<Vec<UnitState>, SystemdError>> + Send;
+    fn list_units(
+        &self,
+        pattern: &str,
+    ) -> impl Future<Output = Result<Vec<UnitState>, SystemdError>> + Send;
     /// Whether the unit's file changed since systemd loaded it.
     fn needs_reload(&self, unit: &str) -> impl Future<Output = Result<bool, SystemdError>> + Send;
     fn daemon_reload(&self) -> impl Future<Output = Result<(), SystemdError>> + Send;
-    fn start(&self, unit: &str, wait: Duration) -> impl Future<Output = Result<JobOutcome, SystemdError>> + Send;
-    fn stop(&self, unit: &str, wait: Duration) -> impl Future<Output = Result<JobOutcome, SystemdError>> + Send;
-    fn restart(&self, unit: &str, wait: Duration) -> impl Future<Output = Result<JobOutcome, SystemdError>> + Send;
+    fn start(
+        &self,
+        unit: &str,
+        wait: Duration,
+    ) -> impl Future<Output = Result<JobOutcome, SystemdError>> + Send;
+    fn stop(
+        &self,
+        unit: &str,
+        wait: Duration,
+    ) -> impl Future<Output = Result<JobOutcome, SystemdError>> + Send;
+    fn restart(
+        &self,
+        unit: &str,
+        wait: Duration,
+    ) -> impl Future<Output = Result<JobOutcome, SystemdError>> + Send;
     fn reset_failed(&self, unit: &str) -> impl Future<Output = Result<(), SystemdError>> + Send;
     /// `Result` of a service unit (`success`, `exit-code`, `start-limit-hit`, …) and its restarts.
-    fn service_result(&self, unit: &str) -> impl Future<Output = Result<(String, u32), SystemdError>> + Send;
+    fn service_result(
+        &self,
+        unit: &str,
+    ) -> impl Future<Output = Result<(String, u32), SystemdError>> + Send;
 }
 
 /// The real user manager.
@@ -78,8 +96,12 @@ pub struct UserManager {
 
 impl UserManager {
     pub async fn connect() -> Result<Self, SystemdError> {
-        let conn = zbus::Connection::session().await.map_err(SystemdError::Connect)?;
-        let manager = ManagerProxy::new(&conn).await.map_err(SystemdError::Connect)?;
+        let conn = zbus::Connection::session()
+            .await
+            .map_err(SystemdError::Connect)?;
+        let manager = ManagerProxy::new(&conn)
+            .await
+            .map_err(SystemdError::Connect)?;
         // Without Subscribe the manager sends no job and unit signals.
         manager.subscribe().await.map_err(call("subscribe"))?;
         Ok(UserManager { conn, manager })
@@ -166,18 +188,34 @@ impl Systemd for UserManager {
     }
 
     async fn start(&self, unit: &str, wait: Duration) -> Result<JobOutcome, SystemdError> {
-        self.job("start", unit, wait, self.manager.start_unit(unit.to_string(), "replace".into()))
-            .await
+        self.job(
+            "start",
+            unit,
+            wait,
+            self.manager.start_unit(unit.to_string(), "replace".into()),
+        )
+        .await
     }
 
     async fn stop(&self, unit: &str, wait: Duration) -> Result<JobOutcome, SystemdError> {
-        self.job("stop", unit, wait, self.manager.stop_unit(unit.to_string(), "replace".into()))
-            .await
+        self.job(
+            "stop",
+            unit,
+            wait,
+            self.manager.stop_unit(unit.to_string(), "replace".into()),
+        )
+        .await
     }
 
     async fn restart(&self, unit: &str, wait: Duration) -> Result<JobOutcome, SystemdError> {
-        self.job("restart", unit, wait, self.manager.restart_unit(unit.to_string(), "replace".into()))
-            .await
+        self.job(
+            "restart",
+            unit,
+            wait,
+            self.manager
+                .restart_unit(unit.to_string(), "replace".into()),
+        )
+        .await
     }
 
     async fn reset_failed(&self, unit: &str) -> Result<(), SystemdError> {
@@ -199,7 +237,10 @@ impl Systemd for UserManager {
             .build()
             .await
             .map_err(call(format!("service {unit}")))?;
-        let result = svc.result().await.map_err(call(format!("read Result of {unit}")))?;
+        let result = svc
+            .result()
+            .await
+            .map_err(call(format!("read Result of {unit}")))?;
         let restarts = svc.n_restarts().await.unwrap_or(0);
         Ok((result, restarts))
     }
@@ -238,9 +279,10 @@ pub async fn watch_units(
         .path_namespace("/org/freedesktop/systemd1/unit")
         .build()
         .map_err(call("build match rule"))?;
-    let mut stream = zbus::MessageStream::for_match_rule(rule, &conn, std::num::NonZeroUsize::new(64))
-        .await
-        .map_err(call("watch units"))?;
+    let mut stream =
+        zbus::MessageStream::for_match_rule(rule, &conn, std::num::NonZeroUsize::new(64))
+            .await
+            .map_err(call("watch units"))?;
     while let Some(msg) = stream.next().await {
         let Ok(msg) = msg else { continue };
         let header = msg.header();
@@ -265,7 +307,8 @@ mod tests {
             Some("berth-demo.service")
         );
         assert_eq!(
-            unit_name_from_path("/org/freedesktop/systemd1/unit/berth_2dweb_2d_2ddb_2eservice").as_deref(),
+            unit_name_from_path("/org/freedesktop/systemd1/unit/berth_2dweb_2d_2ddb_2eservice")
+                .as_deref(),
             Some("berth-web--db.service")
         );
         assert_eq!(unit_name_from_path("/other"), None);

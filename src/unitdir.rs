@@ -53,7 +53,9 @@ impl UnitStore for UnitDir {
 
     fn write(&self, name: &str, content: &str) -> std::io::Result<()> {
         if !ours(name) {
-            return Err(std::io::Error::other(format!("{name:?} is not a berth unit name")));
+            return Err(std::io::Error::other(format!(
+                "{name:?} is not a berth unit name"
+            )));
         }
         create_dir(&self.dir, 0o755)?;
         write_atomic(&self.dir.join(name), content.as_bytes(), 0o644)
@@ -61,7 +63,9 @@ impl UnitStore for UnitDir {
 
     fn remove(&self, name: &str) -> std::io::Result<()> {
         if !ours(name) {
-            return Err(std::io::Error::other(format!("{name:?} is not a berth unit name")));
+            return Err(std::io::Error::other(format!(
+                "{name:?} is not a berth unit name"
+            )));
         }
         match std::fs::remove_file(self.dir.join(name)) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -86,6 +90,8 @@ mod tests {
         assert_eq!(l.keys().collect::<Vec<_>>(), ["berth-demo.service"]);
         assert!(store.write("../x.service", "x").is_err());
         store.remove("berth-demo.service").expect("remove");
-        store.remove("berth-demo.service").expect("remove twice is fine");
+        store
+            .remove("berth-demo.service")
+            .expect("remove twice is fine");
     }
 }

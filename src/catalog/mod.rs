@@ -47,7 +47,12 @@ impl Source {
         (line, col)
     }
 
-    pub fn diagnostic(&self, span: Option<Range<usize>>, field: String, message: String) -> Diagnostic {
+    pub fn diagnostic(
+        &self,
+        span: Option<Range<usize>>,
+        field: String,
+        message: String,
+    ) -> Diagnostic {
         let (line, col) = span.map_or((0, 0), |s| self.line_col(s.start));
         Diagnostic {
             file: self.path.clone(),
@@ -72,7 +77,12 @@ pub struct Diagnostic {
 }
 
 impl Diagnostic {
-    fn at(loc: Option<&validate::Loc>, file: &Path, field: impl Into<String>, message: String) -> Self {
+    fn at(
+        loc: Option<&validate::Loc>,
+        file: &Path,
+        field: impl Into<String>,
+        message: String,
+    ) -> Self {
         Diagnostic {
             file: loc.map_or_else(|| file.to_path_buf(), |l| l.file.clone()),
             line: loc.map_or(0, |l| l.line),
@@ -148,7 +158,10 @@ impl Layers {
         match std::fs::read_dir(&dir) {
             Ok(rd) => {
                 for e in rd {
-                    let e = e.map_err(|source| CatalogError::Read { path: dir.clone(), source })?;
+                    let e = e.map_err(|source| CatalogError::Read {
+                        path: dir.clone(),
+                        source,
+                    })?;
                     let p = e.path();
                     if p.extension().is_some_and(|x| x == "toml") {
                         files.push(p);
@@ -170,7 +183,10 @@ impl Layers {
 fn read(path: &Path) -> Result<Source, CatalogError> {
     std::fs::read_to_string(path)
         .map(|t| Source::new(path, t))
-        .map_err(|source| CatalogError::Read { path: path.to_path_buf(), source })
+        .map_err(|source| CatalogError::Read {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 fn toml_error(src: &Source, e: toml::de::Error) -> Diagnostic {
@@ -196,7 +212,10 @@ pub fn load(layers: &Layers) -> Result<Catalog, CatalogError> {
 }
 
 /// Validates already-read sources (later ones replace earlier same-named services).
-pub fn from_sources(policy_src: Option<&Source>, sources: &[Source]) -> Result<Catalog, CatalogError> {
+pub fn from_sources(
+    policy_src: Option<&Source>,
+    sources: &[Source],
+) -> Result<Catalog, CatalogError> {
     let mut diags = Vec::new();
     let policy = match policy_src {
         None => Policy::default(),
@@ -228,7 +247,12 @@ pub fn from_sources(policy_src: Option<&Source>, sources: &[Source]) -> Result<C
         .denied_services
         .iter()
         .map(|n| (n, "denied_services"))
-        .chain(policy.default_enabled.iter().map(|n| (n, "default_enabled")))
+        .chain(
+            policy
+                .default_enabled
+                .iter()
+                .map(|n| (n, "default_enabled")),
+        )
     {
         if !services.contains_key(name) && diags.is_empty() {
             if let Some(src) = policy_src {

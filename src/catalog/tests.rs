@@ -36,12 +36,20 @@ fn good_file_parses() {
 
 #[test]
 fn unknown_field_names_line_and_field() {
-    let text = GOOD.replace("description = \"a web page\"", "description = \"a web page\"\ncolour = \"red\"");
+    let text = GOOD.replace(
+        "description = \"a web page\"",
+        "description = \"a web page\"\ncolour = \"red\"",
+    );
     let d = diags(&text);
     assert_eq!(d.len(), 1);
     assert_eq!(d[0].line, 4, "{d:?}");
     assert!(d[0].message.contains("colour"), "{}", d[0]);
-    assert!(d[0].to_string().starts_with("/etc/berth/catalog.d/web.toml:4:1:"), "{}", d[0]);
+    assert!(
+        d[0].to_string()
+            .starts_with("/etc/berth/catalog.d/web.toml:4:1:"),
+        "{}",
+        d[0]
+    );
 }
 
 #[test]
@@ -73,7 +81,10 @@ fn port_clash_between_services_names_both() {
     assert_eq!(d.len(), 1, "{d:?}");
     let text = d[0].to_string();
     assert!(text.starts_with("b/web2.toml:12:8:"), "{text}");
-    assert!(text.contains("18081") && text.contains("a/web.toml:12:8"), "{text}");
+    assert!(
+        text.contains("18081") && text.contains("a/web.toml:12:8"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -82,7 +93,8 @@ fn uses_cycle_detected() {
     let b = GOOD
         .replace("name = \"web\"", "name = \"b\"\nuses = [\"a\"]")
         .replace("18081", "18082");
-    let e = from_sources(None, &[Source::new("a.toml", a), Source::new("b.toml", b)]).expect_err("cycle");
+    let e = from_sources(None, &[Source::new("a.toml", a), Source::new("b.toml", b)])
+        .expect_err("cycle");
     assert!(e.to_string().contains("cycle"), "{e}");
     assert!(e.to_string().contains("a.toml:3:9"), "{e}");
 }
@@ -107,9 +119,18 @@ name = "db"
 image = "localhost/b:1"
 "#;
     let c = one(text).expect("valid");
-    let names: Vec<_> = c.get("web").expect("web").containers.iter().map(|c| c.name.as_str()).collect();
+    let names: Vec<_> = c
+        .get("web")
+        .expect("web")
+        .containers
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
     assert_eq!(names, ["db", "app"]);
-    let cyc = text.replace("image = \"localhost/b:1\"", "image = \"localhost/b:1\"\nafter = [\"app\"]");
+    let cyc = text.replace(
+        "image = \"localhost/b:1\"",
+        "image = \"localhost/b:1\"\nafter = [\"app\"]",
+    );
     assert!(diags(&cyc)[0].message.contains("cycle"));
 }
 
@@ -117,7 +138,10 @@ image = "localhost/b:1"
 fn secrets_must_be_declared() {
     let t = GOOD.replace("A = \"1\"", "A = \"${secret.pw}\"");
     assert!(diags(&t)[0].message.contains("\"pw\""));
-    let ok = t.replace("description = \"a web page\"", "description = \"a web page\"\nsecrets = [\"pw\"]");
+    let ok = t.replace(
+        "description = \"a web page\"",
+        "description = \"a web page\"\nsecrets = [\"pw\"]",
+    );
     assert!(one(&ok).expect("valid").get("web").expect("web").containers[0].uses_secrets());
 }
 
@@ -133,7 +157,10 @@ fn host_paths_follow_policy() {
 fn cap_add_needs_reason_and_no_sys_admin() {
     let t = GOOD.replace("env = { A = \"1\" }", "cap_add = [\"CHOWN\"]");
     assert!(diags(&t)[0].field.ends_with("cap_add_reason"));
-    let t = GOOD.replace("env = { A = \"1\" }", "cap_add = [\"SYS_ADMIN\"]\ncap_add_reason = \"x\"");
+    let t = GOOD.replace(
+        "env = { A = \"1\" }",
+        "cap_add = [\"SYS_ADMIN\"]\ncap_add_reason = \"x\"",
+    );
     assert!(diags(&t)[0].message.contains("SYS_ADMIN"));
 }
 
@@ -146,23 +173,53 @@ fn file_name_must_match_service() {
 #[test]
 fn later_layer_replaces_builtin_service() {
     let over = GOOD.replace("18081", "18082");
-    let c = from_sources(None, &[Source::new("a/web.toml", GOOD), Source::new("b/web.toml", over)]).expect("valid");
-    assert_eq!(c.get("web").expect("web").containers[0].ports[0].host, 18082);
+    let c = from_sources(
+        None,
+        &[
+            Source::new("a/web.toml", GOOD),
+            Source::new("b/web.toml", over),
+        ],
+    )
+    .expect("valid");
+    assert_eq!(
+        c.get("web").expect("web").containers[0].ports[0].host,
+        18082
+    );
 }
 
 #[test]
 fn policy_port_range_applies() {
     let policy = Source::new("/etc/berth/policy.toml", "port_min = 20000\n");
     let e = from_sources(Some(&policy), &[Source::new("web.toml", GOOD)]).expect_err("range");
-    assert!(e.to_string().contains("outside the allowed range 20000..=65535"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("outside the allowed range 20000..=65535"),
+        "{e}"
+    );
 }
 
 #[test]
 fn builtin_catalog_is_valid() {
-    let c = load(&Layers { builtin: true, policy: None, files: vec![] }).expect("built-in catalog valid");
+    let c = load(&Layers {
+        builtin: true,
+        policy: None,
+        files: vec![],
+    })
+    .expect("built-in catalog valid");
     for name in [
-        "demo", "n8n", "ollama", "qdrant", "open-webui", "langfuse", "flowise", "searxng",
-        "gitlab-ce", "appflowy", "affine", "openproject", "supabase",
+        "demo",
+        "n8n",
+        "ollama",
+        "qdrant",
+        "open-webui",
+        "langfuse",
+        "flowise",
+        "searxng",
+        "gitlab-ce",
+        "appflowy",
+        "affine",
+        "openproject",
+        "supabase",
     ] {
         assert!(c.get(name).is_some(), "built-in catalog lacks {name}");
     }

@@ -39,7 +39,12 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn err(&mut self, span: Option<Range<usize>>, field: impl Into<String>, msg: impl Into<String>) {
+    fn err(
+        &mut self,
+        span: Option<Range<usize>>,
+        field: impl Into<String>,
+        msg: impl Into<String>,
+    ) {
         self.diags
             .push(self.src.diagnostic(span, field.into(), msg.into()));
     }
@@ -95,7 +100,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n * 60),
         "h" => Duration::from_secs(n * 3600),
-        _ => return Err(format!("duration {s:?} has unknown unit {unit:?} (ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "duration {s:?} has unknown unit {unit:?} (ms, s, m or h)"
+            ))
+        }
     };
     Ok(d)
 }
@@ -109,9 +118,9 @@ pub fn check_image(image: &str) -> Result<(), String> {
         Some((n, d)) => (n, Some(d)),
         None => (image, None),
     };
-    let (first, _) = name
-        .split_once('/')
-        .ok_or_else(|| format!("image {image:?} must name its registry (e.g. docker.io/{image})"))?;
+    let (first, _) = name.split_once('/').ok_or_else(|| {
+        format!("image {image:?} must name its registry (e.g. docker.io/{image})")
+    })?;
     if !(first.contains('.') || first.contains(':') || first == "localhost") {
         return Err(format!(
             "image {image:?} must name its registry (e.g. docker.io/{image})"
@@ -157,12 +166,46 @@ pub fn check_image(image: &str) -> Result<(), String> {
 }
 
 const CAPS: &[&str] = &[
-    "AUDIT_CONTROL", "AUDIT_READ", "AUDIT_WRITE", "BLOCK_SUSPEND", "BPF", "CHECKPOINT_RESTORE",
-    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "IPC_LOCK", "IPC_OWNER",
-    "KILL", "LEASE", "LINUX_IMMUTABLE", "MAC_ADMIN", "MAC_OVERRIDE", "MKNOD", "NET_ADMIN",
-    "NET_BIND_SERVICE", "NET_BROADCAST", "NET_RAW", "PERFMON", "SETFCAP", "SETGID", "SETPCAP",
-    "SETUID", "SYS_ADMIN", "SYS_BOOT", "SYS_CHROOT", "SYS_MODULE", "SYS_NICE", "SYS_PACCT",
-    "SYS_PTRACE", "SYS_RAWIO", "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "SYSLOG",
+    "AUDIT_CONTROL",
+    "AUDIT_READ",
+    "AUDIT_WRITE",
+    "BLOCK_SUSPEND",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "KILL",
+    "LEASE",
+    "LINUX_IMMUTABLE",
+    "MAC_ADMIN",
+    "MAC_OVERRIDE",
+    "MKNOD",
+    "NET_ADMIN",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_RAW",
+    "PERFMON",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_CHROOT",
+    "SYS_MODULE",
+    "SYS_NICE",
+    "SYS_PACCT",
+    "SYS_PTRACE",
+    "SYS_RAWIO",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "SYSLOG",
     "WAKE_ALARM",
 ];
 
@@ -170,7 +213,8 @@ const CAPS: &[&str] = &[
 /// that need no quoting in a unit file or a Podman `--volume` argument.
 fn normal_absolute(p: &str) -> bool {
     let path = Path::new(p);
-    p.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+@".contains(&b))
+    p.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/._-+@".contains(&b))
         && path.is_absolute()
         && path
             .components()
@@ -243,7 +287,11 @@ pub fn service(
     }
     let description = raw.description.get_ref().trim().to_string();
     if description.is_empty() || description.contains('\n') {
-        cx.err(span_of(&raw.description), "description", "must be one non-empty line");
+        cx.err(
+            span_of(&raw.description),
+            "description",
+            "must be one non-empty line",
+        );
     }
     let gpu = match raw.gpu.as_ref().map(|g| g.get_ref().as_str()) {
         None | Some("none") => Gpu::None,
@@ -258,7 +306,12 @@ pub fn service(
             Gpu::None
         }
     };
-    let idle_stop = duration(&mut cx, &raw.idle_stop, "idle_stop", Duration::from_secs(900));
+    let idle_stop = duration(
+        &mut cx,
+        &raw.idle_stop,
+        "idle_stop",
+        Duration::from_secs(900),
+    );
     let start_timeout = duration(
         &mut cx,
         &raw.start_timeout,
@@ -269,9 +322,17 @@ pub fn service(
     let mut secrets = Vec::new();
     for s in &raw.secrets {
         if !valid_secret_name(s.get_ref()) {
-            cx.err(span_of(s), "secrets", format!("{:?} is not a valid secret name ([a-z0-9_]+)", s.get_ref()));
+            cx.err(
+                span_of(s),
+                "secrets",
+                format!("{:?} is not a valid secret name ([a-z0-9_]+)", s.get_ref()),
+            );
         } else if secrets.contains(s.get_ref()) {
-            cx.err(span_of(s), "secrets", format!("secret {:?} listed twice", s.get_ref()));
+            cx.err(
+                span_of(s),
+                "secrets",
+                format!("secret {:?} listed twice", s.get_ref()),
+            );
         } else {
             secrets.push(s.get_ref().clone());
         }
@@ -283,12 +344,18 @@ pub fn service(
             cx.err(span_of(u), "uses", "a service cannot use itself");
         } else {
             uses.push(u.get_ref().clone());
-            spans.uses.push((u.get_ref().clone(), Some(cx.loc(u.span()))));
+            spans
+                .uses
+                .push((u.get_ref().clone(), Some(cx.loc(u.span()))));
         }
     }
 
     if raw.containers.is_empty() {
-        cx.err(span_of(&raw.name), "containers", "a service needs at least one [[containers]] entry");
+        cx.err(
+            span_of(&raw.name),
+            "containers",
+            "a service needs at least one [[containers]] entry",
+        );
     }
     let mut containers = Vec::new();
     let mut container_ports: HashMap<u16, String> = HashMap::new();
@@ -325,7 +392,11 @@ pub fn service(
                     format!("no container named {:?} in this service", a.get_ref()),
                 );
             } else if a.get_ref() == rc.get_ref().name.get_ref() {
-                cx.err(span_of(a), format!("containers[{i}].after"), "a container cannot come after itself");
+                cx.err(
+                    span_of(a),
+                    format!("containers[{i}].after"),
+                    "a container cannot come after itself",
+                );
             }
         }
     }
@@ -395,7 +466,11 @@ fn container(
     let mut env = BTreeMap::new();
     for (k, v) in &rc.env {
         if !valid_env_name(k) {
-            cx.err(span_of(v), format!("{field}.env.{k}"), format!("{k:?} is not a valid variable name"));
+            cx.err(
+                span_of(v),
+                format!("{field}.env.{k}"),
+                format!("{k:?} is not a valid variable name"),
+            );
         }
         check_secret_refs(cx, v, &format!("{field}.env.{k}"), secrets);
         env.insert(k.clone(), v.get_ref().clone());
@@ -405,7 +480,11 @@ fn container(
         for c in caps.get_ref() {
             let norm = c.trim_start_matches("CAP_").to_ascii_uppercase();
             if !CAPS.contains(&norm.as_str()) {
-                cx.err(span_of(caps), format!("{field}.cap_add"), format!("unknown capability {c:?}"));
+                cx.err(
+                    span_of(caps),
+                    format!("{field}.cap_add"),
+                    format!("unknown capability {c:?}"),
+                );
             } else if norm == "SYS_ADMIN" {
                 cx.err(
                     span_of(caps),
@@ -417,7 +496,10 @@ fn container(
             }
         }
         if !caps.get_ref().is_empty()
-            && rc.cap_add_reason.as_deref().is_none_or(|r| r.trim().is_empty())
+            && rc
+                .cap_add_reason
+                .as_deref()
+                .is_none_or(|r| r.trim().is_empty())
         {
             cx.err(
                 span_of(caps),
@@ -427,7 +509,12 @@ fn container(
         }
     }
     let no_new_privileges = rc.no_new_privileges.as_ref().is_none_or(|b| *b.get_ref());
-    if !no_new_privileges && rc.privileges_reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
+    if !no_new_privileges
+        && rc
+            .privileges_reason
+            .as_deref()
+            .is_none_or(|r| r.trim().is_empty())
+    {
         cx.err(
             rc.no_new_privileges.as_ref().and_then(span_of),
             format!("{field}.privileges_reason"),
@@ -437,7 +524,11 @@ fn container(
     let mut tmpfs = Vec::new();
     for t in &rc.tmpfs {
         if !normal_absolute(t.get_ref()) {
-            cx.err(span_of(t), format!("{field}.tmpfs"), format!("{:?} must be an absolute path", t.get_ref()));
+            cx.err(
+                span_of(t),
+                format!("{field}.tmpfs"),
+                format!("{:?} must be an absolute path", t.get_ref()),
+            );
         }
         tmpfs.push(t.get_ref().clone());
     }
@@ -448,9 +539,17 @@ fn container(
         let p = rp.get_ref();
         let pname = p.name.get_ref().clone();
         if !valid_name(&pname) {
-            cx.err(span_of(&p.name), format!("{pf}.name"), format!("{pname:?} is not a valid port name"));
+            cx.err(
+                span_of(&p.name),
+                format!("{pf}.name"),
+                format!("{pname:?} is not a valid port name"),
+            );
         } else if !port_names.insert(pname.clone()) {
-            cx.err(span_of(&p.name), format!("{pf}.name"), format!("port name {pname:?} used twice in this service"));
+            cx.err(
+                span_of(&p.name),
+                format!("{pf}.name"),
+                format!("port name {pname:?} used twice in this service"),
+            );
         }
         let host = *p.host.get_ref();
         let host_ok = host >= i64::from(policy.port_min) && host <= i64::from(policy.port_max);
@@ -462,14 +561,22 @@ fn container(
                     "port {host} is outside the allowed range {}..={}{}",
                     policy.port_min,
                     policy.port_max,
-                    if host < 1024 { " (privileged ports are not allowed)" } else { "" }
+                    if host < 1024 {
+                        " (privileged ports are not allowed)"
+                    } else {
+                        ""
+                    }
                 ),
             );
         }
         let cport = *p.container.get_ref();
         let cport_ok = (1..=65535).contains(&cport);
         if !cport_ok {
-            cx.err(span_of(&p.container), format!("{pf}.container"), format!("port {cport} is not in 1..=65535"));
+            cx.err(
+                span_of(&p.container),
+                format!("{pf}.container"),
+                format!("port {cport} is not in 1..=65535"),
+            );
         }
         if host_ok && cport_ok {
             let (host, cport) = (host as u16, cport as u16);
@@ -480,8 +587,14 @@ fn container(
                     format!("container port {cport} is already used by container {other:?} of this service (they share one network namespace)"),
                 );
             }
-            spans.ports.push((host, pname.clone(), Some(cx.loc(p.host.span()))));
-            ports.push(Port { name: pname, host, container: cport });
+            spans
+                .ports
+                .push((host, pname.clone(), Some(cx.loc(p.host.span()))));
+            ports.push(Port {
+                name: pname,
+                host,
+                container: cport,
+            });
         }
     }
 
@@ -491,74 +604,144 @@ fn container(
         let vf = format!("{field}.volumes[{j}]");
         let v = rv.get_ref();
         if !normal_absolute(v.target.get_ref()) {
-            cx.err(span_of(&v.target), format!("{vf}.target"), format!("{:?} must be an absolute path without . or ..", v.target.get_ref()));
+            cx.err(
+                span_of(&v.target),
+                format!("{vf}.target"),
+                format!(
+                    "{:?} must be an absolute path without . or ..",
+                    v.target.get_ref()
+                ),
+            );
         }
         if !targets.insert(v.target.get_ref().clone()) {
-            cx.err(span_of(&v.target), format!("{vf}.target"), "two mounts at the same target");
+            cx.err(
+                span_of(&v.target),
+                format!("{vf}.target"),
+                "two mounts at the same target",
+            );
         }
         let source = match (&v.name, &v.host) {
             (Some(n), None) => {
                 if !valid_name(n.get_ref()) {
-                    cx.err(span_of(n), format!("{vf}.name"), format!("{:?} is not a valid volume name", n.get_ref()));
+                    cx.err(
+                        span_of(n),
+                        format!("{vf}.name"),
+                        format!("{:?} is not a valid volume name", n.get_ref()),
+                    );
                 }
                 VolumeSource::Named(n.get_ref().clone())
             }
             (None, Some(h)) => {
                 let hp = h.get_ref();
                 if !normal_absolute(hp) {
-                    cx.err(span_of(h), format!("{vf}.host"), format!("{hp:?} must be an absolute path without . or .."));
-                } else if !policy.allowed_host_paths.iter().any(|a| Path::new(hp).starts_with(a)) {
+                    cx.err(
+                        span_of(h),
+                        format!("{vf}.host"),
+                        format!("{hp:?} must be an absolute path without . or .."),
+                    );
+                } else if !policy
+                    .allowed_host_paths
+                    .iter()
+                    .any(|a| Path::new(hp).starts_with(a))
+                {
                     cx.err(
                         span_of(h),
                         format!("{vf}.host"),
                         format!(
                             "host path {hp:?} is not allowed by policy (allowed: {})",
-                            policy.allowed_host_paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                            policy
+                                .allowed_host_paths
+                                .iter()
+                                .map(|p| p.display().to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ),
                     );
                 }
                 VolumeSource::Host(PathBuf::from(hp))
             }
             _ => {
-                cx.err(Some(rv.span()), &vf, "a volume needs exactly one of `name` (Podman volume) or `host` (host path)");
+                cx.err(
+                    Some(rv.span()),
+                    &vf,
+                    "a volume needs exactly one of `name` (Podman volume) or `host` (host path)",
+                );
                 continue;
             }
         };
-        volumes.push(Volume { source, target: v.target.get_ref().clone(), read_only: v.read_only });
+        volumes.push(Volume {
+            source,
+            target: v.target.get_ref().clone(),
+            read_only: v.read_only,
+        });
     }
     let mut files = Vec::new();
     for (j, rf) in rc.files.iter().enumerate() {
         let ff = format!("{field}.files[{j}]");
         let f = rf.get_ref();
         if !normal_absolute(f.target.get_ref()) {
-            cx.err(span_of(&f.target), format!("{ff}.target"), "must be an absolute path without . or ..");
+            cx.err(
+                span_of(&f.target),
+                format!("{ff}.target"),
+                "must be an absolute path without . or ..",
+            );
         }
         if !targets.insert(f.target.get_ref().clone()) {
-            cx.err(span_of(&f.target), format!("{ff}.target"), "two mounts at the same target");
+            cx.err(
+                span_of(&f.target),
+                format!("{ff}.target"),
+                "two mounts at the same target",
+            );
         }
         check_secret_refs(cx, &f.content, &format!("{ff}.content"), secrets);
-        files.push(FileMount { target: f.target.get_ref().clone(), content: f.content.get_ref().clone() });
+        files.push(FileMount {
+            target: f.target.get_ref().clone(),
+            content: f.content.get_ref().clone(),
+        });
     }
 
     let health = rc.health.as_ref().map(|rh| {
         let h = rh.get_ref();
         if h.cmd.get_ref().trim().is_empty() {
-            cx.err(span_of(&h.cmd), format!("{field}.health.cmd"), "must not be empty");
+            cx.err(
+                span_of(&h.cmd),
+                format!("{field}.health.cmd"),
+                "must not be empty",
+            );
         }
         let retries = match &h.retries {
             None => 3,
             Some(r) if (1..=100).contains(r.get_ref()) => *r.get_ref() as u32,
             Some(r) => {
-                cx.err(span_of(r), format!("{field}.health.retries"), "must be in 1..=100");
+                cx.err(
+                    span_of(r),
+                    format!("{field}.health.retries"),
+                    "must be in 1..=100",
+                );
                 3
             }
         };
         Health {
             cmd: h.cmd.get_ref().clone(),
-            interval: duration(cx, &h.interval, &format!("{field}.health.interval"), Duration::from_secs(30)),
-            timeout: duration(cx, &h.timeout, &format!("{field}.health.timeout"), Duration::from_secs(5)),
+            interval: duration(
+                cx,
+                &h.interval,
+                &format!("{field}.health.interval"),
+                Duration::from_secs(30),
+            ),
+            timeout: duration(
+                cx,
+                &h.timeout,
+                &format!("{field}.health.timeout"),
+                Duration::from_secs(5),
+            ),
             retries,
-            start_period: duration(cx, &h.start_period, &format!("{field}.health.start_period"), Duration::from_secs(60)),
+            start_period: duration(
+                cx,
+                &h.start_period,
+                &format!("{field}.health.start_period"),
+                Duration::from_secs(60),
+            ),
         }
     });
 
@@ -591,7 +774,11 @@ fn check_secret_refs(cx: &mut Ctx<'_>, v: &Spanned<String>, field: &str, secrets
         Ok(refs) => {
             for r in refs {
                 if !secrets.iter().any(|s| s == r) {
-                    cx.err(span_of(v), field, format!("secret {r:?} is not listed in this service's `secrets`"));
+                    cx.err(
+                        span_of(v),
+                        field,
+                        format!("secret {r:?} is not listed in this service's `secrets`"),
+                    );
                 }
             }
         }
@@ -632,7 +819,9 @@ pub fn across(
                     loc.as_ref(),
                     &services[name].origin.file,
                     format!("ports.{pname}.host"),
-                    format!("port {port} is already taken by service {other:?} port {opname:?}{at}"),
+                    format!(
+                        "port {port} is already taken by service {other:?} port {opname:?}{at}"
+                    ),
                 ));
             } else {
                 owners.insert(*port, (name.clone(), pname.clone(), loc.clone()));
@@ -651,7 +840,10 @@ pub fn across(
     }
     if let Some(cycle) = uses_cycle(services) {
         let first = &services[&cycle[0]];
-        let loc = spans.get(&cycle[0]).and_then(|s| s.uses.first()).and_then(|u| u.1.clone());
+        let loc = spans
+            .get(&cycle[0])
+            .and_then(|s| s.uses.first())
+            .and_then(|u| u.1.clone());
         diags.push(Diagnostic::at(
             loc.as_ref(),
             &first.origin.file,
@@ -712,15 +904,25 @@ pub fn uses_cycle(services: &BTreeMap<String, Service>) -> Option<Vec<String>> {
 /// Validates `/etc/berth/policy.toml`.
 pub fn policy(src: &Source, raw: RawPolicy, diags: &mut Vec<Diagnostic>) -> Policy {
     let mut cx = Ctx { src, diags };
-    let mut p = Policy { allowed_host_paths: Vec::new(), ..Policy::default() };
+    let mut p = Policy {
+        allowed_host_paths: Vec::new(),
+        ..Policy::default()
+    };
     for h in &raw.allowed_host_paths {
         if !normal_absolute(h.get_ref()) || h.get_ref() == "/" {
-            cx.err(span_of(h), "allowed_host_paths", format!("{:?} must be an absolute path below /", h.get_ref()));
+            cx.err(
+                span_of(h),
+                "allowed_host_paths",
+                format!("{:?} must be an absolute path below /", h.get_ref()),
+            );
         } else {
             p.allowed_host_paths.push(PathBuf::from(h.get_ref()));
         }
     }
-    for (v, field, slot) in [(&raw.port_min, "port_min", &mut p.port_min), (&raw.port_max, "port_max", &mut p.port_max)] {
+    for (v, field, slot) in [
+        (&raw.port_min, "port_min", &mut p.port_min),
+        (&raw.port_max, "port_max", &mut p.port_max),
+    ] {
         if let Some(v) = v {
             if (1024..=65535).contains(v.get_ref()) {
                 *slot = *v.get_ref() as u16;
@@ -730,10 +932,22 @@ pub fn policy(src: &Source, raw: RawPolicy, diags: &mut Vec<Diagnostic>) -> Poli
         }
     }
     if p.port_min > p.port_max {
-        cx.err(raw.port_min.as_ref().and_then(span_of), "port_min", "must not exceed port_max");
+        cx.err(
+            raw.port_min.as_ref().and_then(span_of),
+            "port_min",
+            "must not exceed port_max",
+        );
     }
-    p.denied_services = raw.denied_services.iter().map(|s| s.get_ref().clone()).collect();
-    p.default_enabled = raw.default_enabled.iter().map(|s| s.get_ref().clone()).collect();
+    p.denied_services = raw
+        .denied_services
+        .iter()
+        .map(|s| s.get_ref().clone())
+        .collect();
+    p.default_enabled = raw
+        .default_enabled
+        .iter()
+        .map(|s| s.get_ref().clone())
+        .collect();
     p
 }
 
@@ -757,8 +971,14 @@ mod tests {
         assert!(check_image("localhost/berth-demo:1").is_ok());
         assert!(check_image("registry.example:5000/a/b:v1").is_ok());
         assert!(check_image(&format!("quay.io/x/y@sha256:{}", "a".repeat(64))).is_ok());
-        assert!(check_image("n8nio/n8n:1.0").is_err(), "registry is required");
-        assert!(check_image("docker.io/n8nio/n8n").is_err(), "tag is required");
+        assert!(
+            check_image("n8nio/n8n:1.0").is_err(),
+            "registry is required"
+        );
+        assert!(
+            check_image("docker.io/n8nio/n8n").is_err(),
+            "tag is required"
+        );
         assert!(check_image("docker.io/n8nio/n8n:latest").is_err());
         assert!(check_image("docker.io/N8N/n8n:1").is_err());
     }
@@ -775,7 +995,10 @@ mod tests {
 
     #[test]
     fn secrets_refs() {
-        assert_eq!(secret_refs("a${secret.x}b${secret.y_2}"), Ok(vec!["x", "y_2"]));
+        assert_eq!(
+            secret_refs("a${secret.x}b${secret.y_2}"),
+            Ok(vec!["x", "y_2"])
+        );
         assert!(secret_refs("${secret.x").is_err());
     }
 }

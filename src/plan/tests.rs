@@ -1,13 +1,21 @@
 use super::*;
 
 fn unit(name: &str, content: &str) -> UnitFile {
-    UnitFile { name: name.into(), content: content.into() }
+    UnitFile {
+        name: name.into(),
+        content: content.into(),
+    }
 }
 
 fn state(name: &str, active: &str) -> (String, UnitState) {
     (
         name.into(),
-        UnitState { name: name.into(), load: "loaded".into(), active: active.into(), sub: String::new() },
+        UnitState {
+            name: name.into(),
+            load: "loaded".into(),
+            active: active.into(),
+            sub: String::new(),
+        },
     )
 }
 
@@ -23,7 +31,9 @@ fn want(choice: Choice, units: Vec<UnitFile>) -> DesiredService {
 }
 
 fn desired(list: Vec<(&str, DesiredService)>) -> Desired {
-    Desired { services: list.into_iter().map(|(n, d)| (n.to_string(), d)).collect() }
+    Desired {
+        services: list.into_iter().map(|(n, d)| (n.to_string(), d)).collect(),
+    }
 }
 
 fn names(p: &Plan) -> Vec<String> {
@@ -32,19 +42,30 @@ fn names(p: &Plan) -> Vec<String> {
 
 #[test]
 fn fresh_enable_writes_reloads_starts() {
-    let d = desired(vec![("demo", want(Choice::On, vec![unit("berth-demo.service", "A")]))]);
+    let d = desired(vec![(
+        "demo",
+        want(Choice::On, vec![unit("berth-demo.service", "A")]),
+    )]);
     let mut a = Actual::default();
     a.images.insert("localhost/demo:1".into(), true);
     let p = plan(&d, &a);
     assert_eq!(
         names(&p),
-        ["write unit berth-demo.service", "reload systemd", "write files of demo", "start berth-demo.service"]
+        [
+            "write unit berth-demo.service",
+            "reload systemd",
+            "write files of demo",
+            "start berth-demo.service"
+        ]
     );
 }
 
 #[test]
 fn converged_world_gives_empty_plan() {
-    let d = desired(vec![("demo", want(Choice::On, vec![unit("berth-demo.service", "A")]))]);
+    let d = desired(vec![(
+        "demo",
+        want(Choice::On, vec![unit("berth-demo.service", "A")]),
+    )]);
     let a = Actual {
         unit_files: [("berth-demo.service".to_string(), "A".to_string())].into(),
         units: [state("berth-demo.service", "active")].into(),
@@ -56,13 +77,23 @@ fn converged_world_gives_empty_plan() {
 
 #[test]
 fn disable_stops_then_removes_and_reloads() {
-    let d = desired(vec![("demo", want(Choice::Off, vec![unit("berth-demo.service", "A")]))]);
+    let d = desired(vec![(
+        "demo",
+        want(Choice::Off, vec![unit("berth-demo.service", "A")]),
+    )]);
     let a = Actual {
         unit_files: [("berth-demo.service".to_string(), "A".to_string())].into(),
         units: [state("berth-demo.service", "active")].into(),
         ..Actual::default()
     };
-    assert_eq!(names(&plan(&d, &a)), ["stop berth-demo.service", "remove unit berth-demo.service", "reload systemd"]);
+    assert_eq!(
+        names(&plan(&d, &a)),
+        [
+            "stop berth-demo.service",
+            "remove unit berth-demo.service",
+            "reload systemd"
+        ]
+    );
 }
 
 #[test]
@@ -79,13 +110,21 @@ fn service_gone_from_catalog_is_removed() {
     };
     assert_eq!(
         names(&plan(&d, &a)),
-        ["reset-failed berth-old.service", "remove unit berth-old--db.service", "remove unit berth-old.service", "reload systemd"]
+        [
+            "reset-failed berth-old.service",
+            "remove unit berth-old--db.service",
+            "remove unit berth-old.service",
+            "reload systemd"
+        ]
     );
 }
 
 #[test]
 fn changed_unit_restarts_running_service() {
-    let d = desired(vec![("demo", want(Choice::On, vec![unit("berth-demo.service", "B")]))]);
+    let d = desired(vec![(
+        "demo",
+        want(Choice::On, vec![unit("berth-demo.service", "B")]),
+    )]);
     let a = Actual {
         unit_files: [("berth-demo.service".to_string(), "A".to_string())].into(),
         units: [state("berth-demo.service", "active")].into(),
@@ -93,13 +132,21 @@ fn changed_unit_restarts_running_service() {
     };
     assert_eq!(
         names(&plan(&d, &a)),
-        ["write unit berth-demo.service", "reload systemd", "write files of demo", "restart berth-demo.service"]
+        [
+            "write unit berth-demo.service",
+            "reload systemd",
+            "write files of demo",
+            "restart berth-demo.service"
+        ]
     );
 }
 
 #[test]
 fn stale_unit_only_reloads() {
-    let d = desired(vec![("demo", want(Choice::On, vec![unit("berth-demo.service", "A")]))]);
+    let d = desired(vec![(
+        "demo",
+        want(Choice::On, vec![unit("berth-demo.service", "A")]),
+    )]);
     let a = Actual {
         unit_files: [("berth-demo.service".to_string(), "A".to_string())].into(),
         units: [state("berth-demo.service", "active")].into(),
@@ -111,7 +158,10 @@ fn stale_unit_only_reloads() {
 
 #[test]
 fn missing_image_pulls_and_waits_without_starting() {
-    let d = desired(vec![("demo", want(Choice::On, vec![unit("berth-demo.service", "A")]))]);
+    let d = desired(vec![(
+        "demo",
+        want(Choice::On, vec![unit("berth-demo.service", "A")]),
+    )]);
     let mut a = Actual {
         unit_files: [("berth-demo.service".to_string(), "A".to_string())].into(),
         ..Actual::default()
@@ -121,10 +171,17 @@ fn missing_image_pulls_and_waits_without_starting() {
     assert_eq!(names(&p), ["pull localhost/demo:1"]);
     assert!(p.waiting["demo"].contains("pulling"));
 
-    a.pulls.insert("localhost/demo:1".into(), PullState::Failed("no registry".into()));
+    a.pulls.insert(
+        "localhost/demo:1".into(),
+        PullState::Failed("no registry".into()),
+    );
     let p = plan(&d, &a);
     assert!(p.is_empty(), "a failed pull is not retried by itself: {p}");
-    assert!(p.waiting["demo"].contains("could not be pulled: no registry"), "{:?}", p.waiting);
+    assert!(
+        p.waiting["demo"].contains("could not be pulled: no registry"),
+        "{:?}",
+        p.waiting
+    );
 }
 
 #[test]
@@ -142,13 +199,20 @@ fn failed_unit_waits_for_user_then_retries_on_force() {
     ds.force = true;
     assert_eq!(
         names(&plan(&desired(vec![("demo", ds)]), &a)),
-        ["write files of demo", "reset-failed berth-demo.service", "start berth-demo.service"]
+        [
+            "write files of demo",
+            "reset-failed berth-demo.service",
+            "start berth-demo.service"
+        ]
     );
 }
 
 #[test]
 fn stopped_choice_keeps_units_and_stops() {
-    let d = desired(vec![("demo", want(Choice::Stopped, vec![unit("berth-demo.service", "A")]))]);
+    let d = desired(vec![(
+        "demo",
+        want(Choice::Stopped, vec![unit("berth-demo.service", "A")]),
+    )]);
     let a = Actual {
         unit_files: [("berth-demo.service".to_string(), "A".to_string())].into(),
         units: [state("berth-demo.service", "active")].into(),
@@ -165,8 +229,14 @@ fn used_services_start_first() {
     let mut a = Actual::default();
     a.images.insert("localhost/demo:1".into(), true);
     let p = plan(&desired(vec![("a-web", web), ("z-llm", llm)]), &a);
-    let starts: Vec<_> = names(&p).into_iter().filter(|n| n.starts_with("start")).collect();
-    assert_eq!(starts, ["start berth-z-llm.service", "start berth-a-web.service"]);
+    let starts: Vec<_> = names(&p)
+        .into_iter()
+        .filter(|n| n.starts_with("start"))
+        .collect();
+    assert_eq!(
+        starts,
+        ["start berth-z-llm.service", "start berth-a-web.service"]
+    );
 }
 
 #[test]
@@ -174,6 +244,9 @@ fn blocked_service_is_not_started() {
     let mut d = want(Choice::On, vec![unit("berth-demo.service", "A")]);
     d.blocked = Some("needs a GPU".into());
     let p = plan(&desired(vec![("demo", d)]), &Actual::default());
-    assert_eq!(names(&p), ["write unit berth-demo.service", "reload systemd"]);
+    assert_eq!(
+        names(&p),
+        ["write unit berth-demo.service", "reload systemd"]
+    );
     assert_eq!(p.waiting["demo"], "needs a GPU");
 }

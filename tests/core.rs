@@ -1,0 +1,325 @@
+//! The core slice against the real systemd user manager and rootless Podman.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn enable_demo_runs_labelled_container_and_disable_keeps_its_volume() {
+    let Some(_serial) = session("enable_demo") else {
+        return;
+    };
+    let mut w = World::new(&["demo"]);
+    let _old_volume = podman(&["volume", "rm", "-f", "berth-demo-data"]);
+    w.start_daemon();
+
+    let out = w.ok(&["enable", "demo"]);
+    assert!(
+        out.contains("demo: running") || out.contains("demo: starting"),
+        "{out}"
+    );
+    assert_eq!(unit_active("berth-demo.service"), "active");
+    assert_eq!(
+        inspect("berth-demo", "{{.State.Status}}").as_deref(),
+        Some("running")
+    );
+    assert_eq!(
+        inspect(
+            "berth-demo",
+            "{{index .Config.Labels \"io.berth.service\"}}"
+        )
+        .as_deref(),
+        Some("demo")
+    );
+    assert_eq!(
+        inspect("berth-demo", "{{index .Config.Labels \"io.berth.unit\"}}").as_deref(),
+        Some("berth-demo.service")
+    );
+    assert_page(18080);
+    let st = w.status("demo");
+    assert_eq!(st["choice"], "on");
+    assert_eq!(st["containers"][0]["state"], "running");
+
+    w.ok(&["disable", "demo"]);
+    assert!(
+        !unit_file("berth-demo.service").exists(),
+        "unit file removed"
+    );
+    assert_ne!(unit_active("berth-demo.service"), "active");
+    assert!(
+        inspect("berth-demo", "{{.State.Status}}").is_none(),
+        "container removed"
+    );
+    assert!(
+        podman(&["volume", "exists", "berth-demo-data"])
+            .status
+            .success(),
+        "data volume kept"
+    );
+    assert!(http_get(18080).is_err(), "nothing listens after disable");
+    assert_eq!(w.status("demo")["state"], "off");
+}
+
+#[test]
+fn daemon_killed_with_sigkill_leaves_services_running_and_converges_without_restarting_them() {
+    let Some(_serial) = session("kill9") else {
+        return;
+    };
+    let mut w = World::new(&["it-kill"]);
+    w.catalog_file("it-kill.toml", &web_service("it-kill", 18181));
+    w.start_daemon();
+    w.ok(&["enable", "it-kill"]);
+    assert_page(18181);
+    let started = inspect("berth-it-kill", "{{.State.StartedAt}}").expect("container");
+
+    let pid = w.daemon_pid();
+    w.kill_daemon();
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "daemon is gone"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        unit_active("berth-it-kill.service"),
+        "active",
+        "unit survives the daemon"
+    );
+    assert_page(18181);
+
+    w.start_daemon();
+    let report: serde_json::Value =
+        serde_json::from_str(&w.ok(&["reconcile", "--json"])).expect("json");
+    assert_eq!(
+        report["applied"],
+        serde_json::json!([]),
+        "nothing to do after restart: {report}"
+    );
+    let c = &w.info()["counters"];
+    assert_eq!(
+        (
+            c["systemd_writes"].as_u64(),
+            c["podman_writes"].as_u64(),
+            c["file_writes"].as_u64()
+        ),
+        (Some(0), Some(0), Some(0)),
+        "{c}"
+    );
+    assert_eq!(
+        inspect("berth-it-kill", "{{.State.StartedAt}}").as_deref(),
+        Some(started.as_str()),
+        "container was not restarted"
+    );
+}
+
+#[test]
+fn second_reconcile_with_nothing_changed_writes_nothing() {
+    let Some(_serial) = session("noop") else {
+        return;
+    };
+    let mut w = World::new(&["it-noop"]);
+    w.catalog_file("it-noop.toml", &web_service("it-noop", 18182));
+    w.start_daemon();
+    w.ok(&["enable", "it-noop"]);
+    let unit = unit_file("berth-it-noop.service");
+    let mtime = std::fs::metadata(&unit)
+        .and_then(|m| m.modified())
+        .expect("unit file");
+    let started = inspect("berth-it-noop", "{{.State.StartedAt}}").expect("container");
+    let before = w.info()["counters"].clone();
+
+    for _ in 0..2 {
+        let report: serde_json::Value =
+            serde_json::from_str(&w.ok(&["reconcile", "--json"])).expect("json");
+        assert_eq!(report["applied"], serde_json::json!([]), "{report}");
+        assert_eq!(report["errors"], serde_json::json!([]), "{report}");
+    }
+    let after = w.info()["counters"].clone();
+    for k in ["systemd_writes", "podman_writes", "file_writes"] {
+        assert_eq!(before[k], after[k], "{k} changed: {before} → {after}");
+    }
+    assert!(
+        after["passes"].as_u64() > before["passes"].as_u64(),
+        "passes did run"
+    );
+    assert_eq!(
+        std::fs::metadata(&unit)
+            .and_then(|m| m.modified())
+            .expect("unit"),
+        mtime,
+        "unit file untouched"
+    );
+    assert_eq!(
+        inspect("berth-it-noop", "{{.State.StartedAt}}").as_deref(),
+        Some(started.as_str())
+    );
+}
+
+/// (file name, content, expected "file:line" fragment, expected words)
+fn broken_catalogs() -> Vec<(&'static str, String, &'static str, &'static str)> {
+    vec![
+        (
+            "it-bad.toml",
+            "name = \"it-bad\"\ndescription = \"x\n".into(),
+            "it-bad.toml:2:",
+            "string",
+        ),
+        (
+            "it-bad.toml",
+            web_service("it-bad", 18183)
+                .replace("description =", "colour = \"red\"\ndescription ="),
+            "it-bad.toml:2:1",
+            "unknown field `colour`",
+        ),
+        (
+            "it-bad.toml",
+            web_service("it-bad", 18080),
+            "it-bad.toml:11:8",
+            "port 18080 is already taken by service \"demo\"",
+        ),
+        (
+            "it-bad.toml",
+            web_service("it-bad", 18183)
+                .replace("description =", "uses = [\"it-bad2\"]\ndescription ="),
+            "it-bad",
+            "cycle",
+        ),
+    ]
+}
+
+#[test]
+fn broken_catalog_is_rejected_with_its_location_and_running_services_stay() {
+    let Some(_serial) = session("broken_catalog") else {
+        return;
+    };
+    let mut w = World::new(&["it-keep"]);
+    w.catalog_file("it-keep.toml", &web_service("it-keep", 18184));
+    w.start_daemon();
+    w.ok(&["enable", "it-keep"]);
+    let started = inspect("berth-it-keep", "{{.State.StartedAt}}").expect("container");
+
+    for (file, content, place, words) in broken_catalogs() {
+        let path = w.catalog_file(file, &content);
+        if words == "cycle" {
+            w.catalog_file(
+                "it-bad2.toml",
+                &web_service("it-bad2", 18185)
+                    .replace("description =", "uses = [\"it-bad\"]\ndescription ="),
+            );
+        }
+        let v = w.berth(&["catalog", "validate", path_str(&path)]);
+        assert!(!v.status.success(), "validate accepted {file}:\n{content}");
+        let msg = text(&v);
+        assert!(
+            msg.contains(place) && msg.contains(words),
+            "validate message lacks {place:?}/{words:?}:\n{msg}"
+        );
+
+        let r = w.berth(&["reload"]);
+        assert!(!r.status.success(), "reload accepted a broken catalog");
+        let msg = text(&r);
+        assert!(
+            msg.contains(place) && msg.contains(words),
+            "reload message lacks {place:?}/{words:?}:\n{msg}"
+        );
+
+        let st = w.status("it-keep");
+        assert_eq!(st["state"], "running", "{st}");
+        assert_eq!(
+            inspect("berth-it-keep", "{{.State.StartedAt}}").as_deref(),
+            Some(started.as_str())
+        );
+        let ls = w.ok(&["ls"]);
+        assert!(ls.contains("last good one stays in force"), "{ls}");
+        std::fs::remove_file(&path).expect("remove broken file");
+        let _maybe = std::fs::remove_file(w.etc().join("catalog.d/it-bad2.toml"));
+    }
+    w.ok(&["reload"]);
+    assert_page(18184);
+}
+
+#[test]
+fn missing_image_gives_a_clear_reason_and_affects_nothing_else() {
+    let Some(_serial) = session("missing_image") else {
+        return;
+    };
+    let mut w = World::new(&["it-ok", "it-noimg"]);
+    w.catalog_file("it-ok.toml", &web_service("it-ok", 18186));
+    w.catalog_file(
+        "it-noimg.toml",
+        &web_service("it-noimg", 18187).replace("localhost/berth-demo:1", "localhost/berth-nope:1"),
+    );
+    w.start_daemon();
+    w.ok(&["enable", "it-ok"]);
+
+    let e = w.berth(&["enable", "it-noimg"]);
+    assert!(
+        !e.status.success(),
+        "enable of a service without its image must fail"
+    );
+    let msg = text(&e);
+    assert!(msg.contains("localhost/berth-nope:1"), "{msg}");
+
+    let st = wait_for(Duration::from_secs(10), || {
+        let st = w.status("it-noimg");
+        st["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("could not be pulled"))
+            .then_some(st)
+    })
+    .unwrap_or_else(|| panic!("no pull failure reason: {}", w.status("it-noimg")));
+    assert_eq!(st["choice"], "on");
+    assert!(
+        st["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("localhost/berth-nope:1")),
+        "{st}"
+    );
+    assert_ne!(unit_active("berth-it-noimg.service"), "active");
+    assert_eq!(w.status("it-ok")["state"], "running");
+    assert_page(18186);
+}
+
+#[test]
+fn every_builtin_unit_passes_systemd_analyze_verify() {
+    let Some(_serial) = session("verify") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let units = dir.path().join("units");
+    let o = std::process::Command::new(berth_bin())
+        .args(["render", "--out", path_str(&units)])
+        .env("BERTH_ETC_DIR", dir.path().join("no-etc"))
+        .output()
+        .expect("render");
+    assert!(o.status.success(), "{}", text(&o));
+    let mut names: Vec<_> = std::fs::read_dir(&units)
+        .expect("units")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    names.sort();
+    assert!(
+        names.len() >= 13,
+        "expected units of every built-in service, got {}",
+        names.len()
+    );
+    let runtime = dir.path().join("rt");
+    std::fs::create_dir(&runtime).expect("rt");
+    for unit in names {
+        let o = std::process::Command::new("systemd-analyze")
+            .args(["--user", "verify", "--man=no", path_str(&unit)])
+            .env("XDG_RUNTIME_DIR", &runtime)
+            .output()
+            .expect("systemd-analyze");
+        // verify exits 0 on some problems (typos, unknown keys) and only warns: any output fails.
+        assert!(
+            o.status.success() && o.stderr.is_empty(),
+            "{} does not verify:\n{}\n{}",
+            unit.display(),
+            text(&o),
+            std::fs::read_to_string(&unit).unwrap_or_default()
+        );
+    }
+}
