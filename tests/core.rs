@@ -323,3 +323,138 @@ fn every_builtin_unit_passes_systemd_analyze_verify() {
         );
     }
 }
+
+#[test]
+fn pod_service_runs_ordered_containers_sharing_localhost_with_secrets_kept_out_of_units() {
+    let Some(_serial) = session("pod") else {
+        return;
+    };
+    let mut w = World::new(&["it-pod"]);
+    w.catalog_file(
+        "it-pod.toml",
+        r#"name = "it-pod"
+description = "two containers in one pod"
+secrets = ["token"]
+
+[[containers]]
+name = "web"
+image = "localhost/berth-demo:1"
+init = true
+after = ["db"]
+env = { PLAIN = "visible", TOKEN = "${secret.token}" }
+[[containers.ports]]
+name = "http"
+host = 18188
+container = 8080
+
+[[containers]]
+name = "db"
+image = "localhost/berth-demo:1"
+init = true
+command = ["/bin/httpd", "-f", "-p", "9000", "-h", "/www"]
+"#,
+    );
+    w.start_daemon();
+    w.ok(&["enable", "it-pod"]);
+    assert_page(18188);
+    for unit in [
+        "berth-it-pod.service",
+        "berth-it-pod--db.service",
+        "berth-it-pod--web.service",
+    ] {
+        let active = wait_for(Duration::from_secs(10), || {
+            (unit_active(unit) == "active").then_some(())
+        });
+        assert!(active.is_some(), "{unit} is {}", unit_active(unit));
+    }
+    // The web container reaches the db container on the pod's shared loopback.
+    let o = podman(&[
+        "exec",
+        "berth-it-pod--web",
+        "wget",
+        "-q",
+        "-O",
+        "-",
+        "http://127.0.0.1:9000/",
+    ]);
+    assert!(text(&o).contains("berth demo"), "{}", text(&o));
+    // The secret reached the container, and no unit file carries it.
+    let o = podman(&[
+        "exec",
+        "berth-it-pod--web",
+        "sh",
+        "-c",
+        "printf %s \"$TOKEN\"",
+    ]);
+    let token = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(token.len(), 64, "secret in the container: {token:?}");
+    for unit in [
+        "berth-it-pod.service",
+        "berth-it-pod--db.service",
+        "berth-it-pod--web.service",
+    ] {
+        let content = std::fs::read_to_string(unit_file(unit)).expect("unit file");
+        assert!(!content.contains(&token), "{unit} contains the secret");
+    }
+    let env_file = std::path::PathBuf::from(std::env::var("HOME").expect("HOME"))
+        .join(".local/share/berth/services/it-pod/env/web.env");
+    use std::os::unix::fs::MetadataExt as _;
+    assert_eq!(
+        std::fs::metadata(&env_file).expect("env file").mode() & 0o777,
+        0o600
+    );
+    // db started before web.
+    let db = inspect("berth-it-pod--db", "{{.State.StartedAt}}").expect("db");
+    let web = inspect("berth-it-pod--web", "{{.State.StartedAt}}").expect("web");
+    assert!(db <= web, "db {db} should start before web {web}");
+
+    w.ok(&["disable", "it-pod"]);
+    for c in ["berth-it-pod--db", "berth-it-pod--web"] {
+        assert!(inspect(c, "{{.State.Status}}").is_none(), "{c} removed");
+    }
+    assert!(
+        !podman(&["pod", "exists", "berth-it-pod"]).status.success(),
+        "pod removed"
+    );
+}
+
+#[test]
+fn berths_own_unit_starts_as_a_notify_service() {
+    let Some(_serial) = session("own_unit") else {
+        return;
+    };
+    let w = World::new(&[]);
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/units/berth.service"))
+        .expect("units/berth.service");
+    let bin = berth_bin();
+    let unit = unit
+        .replace("/usr/local/bin/berth", path_str(&bin))
+        .replace(
+            "Environment=BERTH_LOG=info",
+            &format!(
+                "Environment=BERTH_LOG=info BERTH_ETC_DIR={} XDG_STATE_HOME={} BERTH_SOCKET={}",
+                path_str(&w.etc()),
+                path_str(&w.dir.path().join("state")),
+                path_str(&w.socket())
+            ),
+        );
+    let name = "it-berthd.service";
+    let path = unit_file(name);
+    std::fs::create_dir_all(path.parent().expect("dir")).expect("unit dir");
+    std::fs::write(&path, unit).expect("write unit");
+    systemctl(&["daemon-reload"]);
+    // `start` returns only after READY=1 arrives (Type=notify).
+    let o = systemctl(&["start", name]);
+    let answered = w.berth(&["info", "--json"]);
+    let state = unit_active(name);
+    let _stop = systemctl(&["stop", name]);
+    std::fs::remove_file(&path).expect("remove unit");
+    systemctl(&["daemon-reload"]);
+    assert!(o.status.success(), "start failed: {}", text(&o));
+    assert_eq!(state, "active");
+    assert!(
+        answered.status.success(),
+        "daemon under systemd does not answer: {}",
+        text(&answered)
+    );
+}
