@@ -357,6 +357,13 @@ where
 
     /// One pass: gather, plan, apply.
     pub async fn pass(&mut self) -> PassReport {
+        let started = std::time::Instant::now();
+        let mut report = self.pass_inner().await;
+        report.duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        report
+    }
+
+    async fn pass_inner(&mut self) -> PassReport {
         self.counters.passes += 1;
         let mut report = PassReport::default();
         if !self.loaded() {

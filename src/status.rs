@@ -93,6 +93,9 @@ pub struct DaemonInfo {
 /// What one reconcile pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PassReport {
+    /// How long the pass took inside the daemon, in microseconds.
+    #[serde(default)]
+    pub duration_us: u64,
     pub applied: Vec<String>,
     pub errors: Vec<String>,
     pub waiting: std::collections::BTreeMap<String, String>,
