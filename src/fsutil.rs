@@ -39,10 +39,16 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> 
     result
 }
 
-/// Creates `dir` and its parents; the last component gets `mode`.
+/// Creates `dir` and its parents; the last component gets `mode` when this user owns it (a
+/// directory of someone else's, such as a shared /tmp, is left as it is).
 pub fn create_dir(dir: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
     std::fs::create_dir_all(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+    let meta = std::fs::metadata(dir)?;
+    if meta.uid() == crate::sys::uid() && meta.mode() & 0o7777 != mode {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

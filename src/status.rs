@@ -55,7 +55,7 @@ pub struct ContainerStatus {
     pub started_at: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServiceStatus {
     pub name: String,
     pub description: String,
@@ -68,6 +68,43 @@ pub struct ServiceStatus {
     pub unit_state: String,
     pub ports: Vec<PortStatus>,
     pub containers: Vec<ContainerStatus>,
+    /// Automatic restarts systemd made of the main unit since it was last started by hand.
+    #[serde(default)]
+    pub restarts: u32,
+    /// When the service entered its current state (unix seconds), as far as this daemon saw.
+    #[serde(default)]
+    pub since: Option<u64>,
+    /// The last HTTP/TCP probe berth ran, if the catalog defines one.
+    #[serde(default)]
+    pub probe: Option<ProbeStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeStatus {
+    pub ok: bool,
+    /// How long the probe took, in seconds.
+    pub seconds: f64,
+    /// `HTTP 200`, `connection refused`, `timed out after 5s`…
+    pub detail: String,
+    /// Unix seconds of the probe.
+    pub at: u64,
+}
+
+/// Everything berth knows about its services at one moment: what /metrics, the cloud push
+/// and desktop notifications are made from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Unix seconds.
+    pub taken_at: u64,
+    pub daemon: DaemonInfo,
+    pub services: Vec<ServiceStatus>,
+}
+
+/// Unix seconds now.
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Counters of the daemon's writes to the outside world, and of its passes.
@@ -85,6 +122,9 @@ pub struct DaemonInfo {
     pub pid: u32,
     pub podman_version: Option<String>,
     pub catalog_services: usize,
+    /// A short hash of every catalog and policy file in force.
+    #[serde(default)]
+    pub catalog_serial: String,
     /// Set while the newest catalog is broken; the last good one stays in force.
     pub catalog_error: Option<String>,
     pub counters: Counters,

@@ -90,6 +90,12 @@ pub fn env_file(svc: &Service, ctr: &Container) -> Option<String> {
         .then(|| format!("{}/env/{}.env", service_dir_rel(&svc.name), ctr.name))
 }
 
+/// Home-relative path of a container's log file (Podman's k8s-file driver). It outlives the
+/// container, so the reason of a crash can quote its last lines.
+pub fn log_file(svc: &Service, ctr: &Container) -> String {
+    format!("{}/logs/{}.log", service_dir_rel(&svc.name), ctr.name)
+}
+
 /// Home-relative path of the `index`th file mount of a container.
 pub fn file_mount_path(svc: &Service, ctr: &Container, index: usize) -> String {
     format!("{}/files/{}/{index}", service_dir_rel(&svc.name), ctr.name)
@@ -338,6 +344,9 @@ fn run_args(svc: &Service, ctr: &Container, ctx: &RenderCtx, unit: &str, cid: &s
     } else {
         a.extend(port_args(ctr.ports.iter().map(|p| (p.host, p.container))));
     }
+    a.push(raw("--log-driver=k8s-file"));
+    a.push(raw(format!("--log-opt=path=%h/{}", log_file(svc, ctr))));
+    a.push(raw("--log-opt=max-size=8mb"));
     a.push(raw("--cap-drop=all"));
     for c in &ctr.cap_add {
         a.push(raw(format!("--cap-add={c}")));

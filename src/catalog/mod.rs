@@ -263,7 +263,36 @@ pub fn from_sources(
     if !diags.is_empty() {
         return Err(CatalogError::Invalid(diags));
     }
-    Ok(Catalog { services, policy })
+    let mut hash = Fnv::default();
+    for src in policy_src.into_iter().chain(sources) {
+        hash.write(src.path.to_string_lossy().as_bytes());
+        hash.write(&[0]);
+        hash.write(src.text.as_bytes());
+        hash.write(&[0]);
+    }
+    Ok(Catalog {
+        services,
+        policy,
+        serial: format!("{:016x}", hash.0),
+    })
+}
+
+/// FNV-1a, 64 bit: stable across builds and platforms, unlike std's hasher.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,8 @@ use serde::Serialize;
 pub struct Catalog {
     pub services: BTreeMap<String, Service>,
     pub policy: Policy,
+    /// A short hash of every file it was made from: tells fleets which catalog a VM runs.
+    pub serial: String,
 }
 
 impl Catalog {
@@ -47,6 +49,8 @@ pub struct Service {
     pub secrets: Vec<String>,
     #[serde(with = "secs")]
     pub start_timeout: Duration,
+    /// A check berth runs itself against the service's stable port.
+    pub probe: Option<Probe>,
     /// In start order: every container comes after those it names in `after`.
     pub containers: Vec<Container>,
     pub origin: Origin,
@@ -143,6 +147,17 @@ pub struct Health {
     pub retries: u32,
     #[serde(with = "secs")]
     pub start_period: Duration,
+}
+
+/// An HTTP GET (with `path`) or a TCP connect (without) to `127.0.0.1:port`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Probe {
+    pub port: u16,
+    pub path: Option<String>,
+    #[serde(with = "secs")]
+    pub interval: Duration,
+    #[serde(with = "secs")]
+    pub timeout: Duration,
 }
 
 /// Admin policy, validated.

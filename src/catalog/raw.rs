@@ -26,8 +26,18 @@ pub struct RawService {
     #[serde(default)]
     pub secrets: Vec<Spanned<String>>,
     pub start_timeout: Option<Spanned<String>>,
+    pub probe: Option<Spanned<RawProbe>>,
     #[serde(default)]
     pub containers: Vec<Spanned<RawContainer>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProbe {
+    pub port: Spanned<String>,
+    pub path: Option<Spanned<String>>,
+    pub interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -12,7 +12,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::model::{
-    Container, FileMount, Gpu, Health, Origin, Policy, Port, Service, Volume, VolumeSource,
+    Container, FileMount, Gpu, Health, Origin, Policy, Port, Probe, Service, Volume, VolumeSource,
     SECRET_PREFIX,
 };
 use super::raw::{RawContainer, RawPolicy, RawService};
@@ -416,11 +416,55 @@ pub fn service(
         containers
     };
 
+    let probe = raw.probe.as_ref().and_then(|rp| {
+        let p = rp.get_ref();
+        let port = containers
+            .iter()
+            .flat_map(|c| c.ports.iter())
+            .find(|x| &x.name == p.port.get_ref())
+            .map(|x| x.host);
+        if port.is_none() {
+            cx.err(
+                span_of(&p.port),
+                "probe.port",
+                format!("no port named {:?} in this service", p.port.get_ref()),
+            );
+        }
+        if let Some(path) = &p.path {
+            if !path.get_ref().starts_with('/')
+                || path
+                    .get_ref()
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control())
+            {
+                cx.err(
+                    span_of(path),
+                    "probe.path",
+                    "must start with / and contain no spaces",
+                );
+            }
+        }
+        let interval = duration(
+            &mut cx,
+            &p.interval,
+            "probe.interval",
+            Duration::from_secs(15),
+        );
+        let timeout = duration(&mut cx, &p.timeout, "probe.timeout", Duration::from_secs(5));
+        port.map(|port| Probe {
+            port,
+            path: p.path.as_ref().map(|x| x.get_ref().clone()),
+            interval,
+            timeout,
+        })
+    });
+
     if diags.len() > before {
         return None;
     }
     Some((
         Service {
+            probe,
             name,
             description,
             homepage: raw.homepage,
