@@ -29,6 +29,8 @@ pub enum DaemonError {
     Bind(#[from] api::BindError),
     #[error("serving the API failed")]
     Serve(#[source] std::io::Error),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// Facts of this host for rendering units.
@@ -61,6 +63,8 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
     let paths = Paths::from_env()?;
+    // A broken config.toml stops the daemon with its location; services keep running.
+    let config = crate::config::Config::load(&paths.etc().join("config.toml"))?;
     let socket = PodmanClient::default_socket().ok_or(DaemonError::NoPodman)?;
     let podman = PodmanClient::new(socket);
     let systemd = UserManager::connect().await?;
