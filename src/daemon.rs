@@ -91,6 +91,13 @@ pub async fn run(
         }
     });
 
+    // Health consumers read the engine's snapshots (`handle.snapshots()`); each runs as its
+    // own task and never blocks the engine.
+    // [metrics] network endpoint
+    // [push] cloud health reports
+    // [notifications] desktop notifications
+    tracing::debug!(?config, "admin configuration");
+
     let first = handle
         .ask(|reply| Command::Reconcile { reply: Some(reply) })
         .await;
