@@ -56,6 +56,7 @@ pub fn detect_render_ctx() -> RenderCtx {
         podman,
         gpu_available,
         shared_present: Path::new("/shared").is_dir(),
+        systemd_version: 0,
     }
 }
 
@@ -71,7 +72,14 @@ pub async fn run(
     let conn = systemd.connection().clone();
     let units = UnitDir::new(paths.unit_dir.clone());
     let listener = api::bind(&paths.socket()).await?;
-    let ctx = detect_render_ctx();
+    let mut ctx = detect_render_ctx();
+    {
+        use crate::systemd::Systemd as _;
+        ctx.systemd_version = systemd
+            .version()
+            .await
+            .map_or(0, |v| systemd::major_version(&v));
+    }
     let (engine, handle, rx) = Engine::new(systemd, podman.clone(), units, paths.clone(), ctx)?;
     let engine_task = tokio::spawn(engine.run(rx));
 

@@ -110,13 +110,17 @@ pub fn derive(p: Parts<'_>) -> (State, Option<String>) {
     let active = p.unit.map_or("inactive", |u| u.active.as_str());
     match (p.choice, active) {
         (_, "failed") => {
-            let why = match p.result {
-                Some("start-limit-hit") => format!(
-                    "crashed {} times in a row; restarts stopped",
-                    p.restarts.max(1)
+            // After its start limit systemd leaves the unit failed with the last exit's
+            // result (`exit-code`), not `start-limit-hit`: the restart count tells a loop.
+            let why = match (p.result, p.restarts) {
+                (_, n) if n > 0 => format!(
+                    "crashed {} times in a row ({}); restarts stopped",
+                    n + 1,
+                    p.result.unwrap_or("failed")
                 ),
-                Some(r) => format!("unit failed ({r})"),
-                None => "unit failed".to_string(),
+                (Some("start-limit-hit"), _) => "started too often; restarts stopped".to_string(),
+                (Some(r), _) => format!("unit failed ({r})"),
+                (None, _) => "unit failed".to_string(),
             };
             (State::Failed, Some(why))
         }
@@ -229,11 +233,13 @@ mod tests {
         assert_eq!(derive(parts(Choice::Stopped, None, &[])).0, State::Stopped);
         let failed = unit("failed");
         let mut p = parts(Choice::On, Some(&failed), &[]);
-        p.result = Some("start-limit-hit");
-        p.restarts = 5;
+        p.result = Some("exit-code");
+        p.restarts = 4;
         let (s, why) = derive(p);
         assert_eq!(s, State::Failed);
-        assert!(why.unwrap_or_default().contains("crashed 5 times"));
+        assert!(why
+            .unwrap_or_default()
+            .contains("crashed 5 times in a row (exit-code)"));
     }
 
     #[test]

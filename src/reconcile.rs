@@ -845,6 +845,9 @@ where
         else {
             return;
         };
+        // Probes keep their own intervals; this only looks for due ones.
+        let mut probe_tick = tokio::time::interval(Duration::from_secs(1));
+        probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut health_tick = tokio::time::interval(health::TICK);
         health_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut tick = tokio::time::interval(SAFETY_INTERVAL);
@@ -858,6 +861,10 @@ where
                 Some((image, result)) = pulls.recv() => Some(Command::PullDone { image, result }),
                 Some((service, status)) = probes.recv() => Some(Command::ProbeDone { service, status }),
                 _ = health_tick.tick() => Some(Command::HealthTick),
+                _ = probe_tick.tick() => {
+                    self.start_probes();
+                    continue;
+                }
                 _ = tick.tick() => {
                     if self.catalog_changed_on_disk() {
                         match self.reload_catalog() {

@@ -80,6 +80,8 @@ pub trait Systemd: Send + Sync {
         wait: Duration,
     ) -> impl Future<Output = Result<JobOutcome, SystemdError>> + Send;
     fn reset_failed(&self, unit: &str) -> impl Future<Output = Result<(), SystemdError>> + Send;
+    /// The manager's version string, e.g. `252.38-1~deb12u1`.
+    fn version(&self) -> impl Future<Output = Result<String, SystemdError>> + Send;
     /// `Result` of a service unit (`success`, `exit-code`, `start-limit-hit`, …) and its restarts.
     fn service_result(
         &self,
@@ -225,6 +227,10 @@ impl Systemd for UserManager {
             .map_err(call(format!("reset-failed {unit}")))
     }
 
+    async fn version(&self) -> Result<String, SystemdError> {
+        self.manager.version().await.map_err(call("read Version"))
+    }
+
     async fn service_result(&self, unit: &str) -> Result<(String, u32), SystemdError> {
         let path = self
             .manager
@@ -244,6 +250,15 @@ impl Systemd for UserManager {
         let restarts = svc.n_restarts().await.unwrap_or(0);
         Ok((result, restarts))
     }
+}
+
+/// The major number of a systemd version string (`252.38-1~deb12u1` → 252); 0 if unreadable.
+pub fn major_version(v: &str) -> u32 {
+    v.trim_start_matches('v')
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Unit names from D-Bus object paths: `/org/freedesktop/systemd1/unit/berth_2ddemo_2eservice`
@@ -299,6 +314,14 @@ pub async fn watch_units(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn versions() {
+        assert_eq!(major_version("252.38-1~deb12u1"), 252);
+        assert_eq!(major_version("249"), 249);
+        assert_eq!(major_version("v255.4"), 255);
+        assert_eq!(major_version("odd"), 0);
+    }
 
     #[test]
     fn unit_paths_decode() {

@@ -23,6 +23,9 @@ pub struct RenderCtx {
     pub gpu_available: bool,
     /// `/shared` is mounted.
     pub shared_present: bool,
+    /// Major version of the user's systemd; 0 when unknown. Newer versions get restart
+    /// backoff (`RestartSteps=`, systemd 254+), older ones a fixed delay.
+    pub systemd_version: u32,
 }
 
 impl Default for RenderCtx {
@@ -31,6 +34,7 @@ impl Default for RenderCtx {
             podman: "/usr/bin/podman".into(),
             gpu_available: false,
             shared_present: false,
+            systemd_version: 0,
         }
     }
 }
@@ -157,6 +161,15 @@ fn secs(d: std::time::Duration) -> String {
     format!("{}s", d.as_secs().max(1))
 }
 
+/// Restart policy shared by pod and container units: bounded by the start limit in the
+/// [Unit] section (5 starts in 5 minutes, then the unit stays failed until someone acts).
+fn restart_policy(out: &mut String, ctx: &RenderCtx) {
+    let _ = writeln!(out, "Restart=on-failure\nRestartSec=5");
+    if ctx.systemd_version >= 254 {
+        let _ = writeln!(out, "RestartSteps=4\nRestartMaxDelaySec=60");
+    }
+}
+
 fn header(out: &mut String, svc: &Service, what: &str) {
     let _ = writeln!(
         out,
@@ -236,7 +249,7 @@ fn render_pod(svc: &Service, ctx: &RenderCtx) -> UnitFile {
     let _ = writeln!(out, "[Service]");
     let _ = writeln!(out, "Type=forking");
     let _ = writeln!(out, "Environment=PODMAN_SYSTEMD_UNIT=%n");
-    let _ = writeln!(out, "Restart=on-failure\nRestartSec=5");
+    restart_policy(&mut out, ctx);
     let _ = writeln!(out, "TimeoutStartSec={}", secs(svc.start_timeout));
     let _ = writeln!(out, "TimeoutStopSec=70");
     let pid = format!("%t/{pod}.pod.pid");
@@ -298,7 +311,7 @@ fn render_container(svc: &Service, ctr: &Container, ctx: &RenderCtx) -> UnitFile
     let _ = writeln!(out, "[Service]");
     let _ = writeln!(out, "Type=notify\nNotifyAccess=all");
     let _ = writeln!(out, "Environment=PODMAN_SYSTEMD_UNIT=%n");
-    let _ = writeln!(out, "Restart=on-failure\nRestartSec=5");
+    restart_policy(&mut out, ctx);
     let _ = writeln!(out, "SuccessExitStatus=137 143");
     let _ = writeln!(out, "TimeoutStartSec={}", secs(svc.start_timeout));
     let _ = writeln!(out, "TimeoutStopSec=70");
