@@ -81,6 +81,7 @@ pub fn router<P: Podman + Clone + 'static>(state: ApiState<P>) -> Router {
         .route("/v1/plan", get(plan::<P>))
         .route("/v1/reconcile", post(reconcile::<P>))
         .route("/v1/catalog/reload", post(reload::<P>))
+        .route("/metrics", get(crate::metrics::api_metrics::<P>))
         .with_state(state)
 }
 

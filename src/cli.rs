@@ -96,6 +96,17 @@ pub enum Cmd {
         #[command(subcommand)]
         command: CatalogCmd,
     },
+    /// Benchmark and debug tool: forward one port with exactly the daemon's forwarding code
+    /// (splice, half-close, counters), until stopped.
+    #[command(hide = true)]
+    Forward {
+        /// Address to listen on, e.g. 127.0.0.1:18080.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// Address every accepted connection is forwarded to.
+        #[arg(long)]
+        to: std::net::SocketAddr,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -222,6 +233,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Cmd::Catalog {
             command: CatalogCmd::Validate { paths, alone },
         } => validate(&paths, alone),
+        Cmd::Forward { listen, to } => crate::proxy::forward::run_forward(listen, to)
+            .await
+            .with_context(|| format!("forward {listen} to {to}")),
     }
 }
 
@@ -291,9 +305,10 @@ async fn act(name: &str, verb: &str) -> Result<()> {
     let ok = match verb {
         "disable" => matches!(st.state, State::Off | State::Stopping),
         "stop" => matches!(st.state, State::Stopped | State::Stopping),
+        // An on-demand service is ready when idle: it starts at its first connection.
         _ => matches!(
             st.state,
-            State::Running | State::Starting | State::Unhealthy
+            State::Running | State::Starting | State::Unhealthy | State::Idle
         ),
     };
     if !ok {

@@ -31,6 +31,35 @@ pub enum DaemonError {
     Serve(#[source] std::io::Error),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error("another berth daemon already manages this user's units (lock {} is held)", .0.display())]
+    Locked(std::path::PathBuf),
+    #[error("cannot take the daemon lock {}", path.display())]
+    Lock {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One daemon per user: two would each remove the other's units as "not wanted".
+fn take_lock(paths: &Paths) -> Result<std::fs::File, DaemonError> {
+    let path = paths.runtime_dir.join("daemon.lock");
+    let err = |source| DaemonError::Lock {
+        path: path.clone(),
+        source,
+    };
+    crate::fsutil::create_dir(&paths.runtime_dir, 0o700).map_err(err)?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(err)?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(DaemonError::Locked(path)),
+        Err(std::fs::TryLockError::Error(e)) => Err(err(e)),
+    }
 }
 
 /// Facts of this host for rendering units.
@@ -63,13 +92,17 @@ pub fn detect_render_ctx() -> RenderCtx {
 pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
+    // First, before anything else runs: sockets systemd kept for us across a restart.
+    let inherited = crate::sys::take_listen_fds();
     let paths = Paths::from_env()?;
     // A broken config.toml stops the daemon with its location; services keep running.
     let config = crate::config::Config::load(&paths.etc().join("config.toml"))?;
+    let _lock = take_lock(&paths)?;
     let socket = PodmanClient::default_socket().ok_or(DaemonError::NoPodman)?;
     let podman = PodmanClient::new(socket);
     let systemd = UserManager::connect().await?;
     let conn = systemd.connection().clone();
+    let notify_conn = conn.clone();
     let units = UnitDir::new(paths.unit_dir.clone());
     let listener = api::bind(&paths.socket()).await?;
     let mut ctx = detect_render_ctx();
@@ -82,6 +115,13 @@ pub async fn run(
     }
     let (engine, handle, rx) = Engine::new(systemd, podman.clone(), units, paths.clone(), ctx)?;
     let engine_task = tokio::spawn(engine.run(rx));
+    let proxy_task = tokio::spawn(crate::proxy::ports::run(
+        handle.port_specs(),
+        inherited,
+        podman.clone(),
+        handle.clone(),
+        handle.proxy(),
+    ));
 
     // Unit state changes trigger a (debounced) pass.
     let (utx, mut urx) = mpsc::channel(64);
@@ -101,9 +141,24 @@ pub async fn run(
 
     // Health consumers read the engine's snapshots (`handle.snapshots()`); each runs as its
     // own task and never blocks the engine.
-    // [metrics] network endpoint
-    // [push] cloud health reports
-    // [notifications] desktop notifications
+    if let Some(addr) = config.metrics.listen {
+        let token_file = config.metrics.bearer_token_file.clone();
+        crate::metrics::spawn_tcp(addr, token_file, handle.snapshots());
+    }
+    // [push] cloud health reports. Kept until the daemon ends; `_push.stats()` has its counters.
+    let _push = config.push.as_ref().and_then(|p| {
+        match crate::push::spawn(crate::push::Settings::new(p, &paths), handle.snapshots()) {
+            Ok(pusher) => Some(pusher),
+            Err(err) => {
+                let cause = crate::reconcile::source_chain(&err);
+                warn!(%err, %cause, "cloud health push is off");
+                None
+            }
+        }
+    });
+    if config.notifications {
+        tokio::spawn(crate::notify::run(notify_conn, handle.snapshots()));
+    }
     tracing::debug!(?config, "admin configuration");
 
     let first = handle
@@ -125,9 +180,12 @@ pub async fn run(
         engine: handle,
         podman,
     };
+    let proxy = state.engine.proxy();
     let served = api::serve(listener, state, shutdown).await;
+    crate::proxy::ports::drain(&proxy, std::time::Duration::from_secs(5)).await;
     let _stopping_notice_is_best_effort = crate::sys::sd_notify("STOPPING=1");
     let _socket_may_be_gone = std::fs::remove_file(paths.socket());
     engine_task.abort();
+    proxy_task.abort();
     served.map_err(DaemonError::Serve)
 }

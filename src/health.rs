@@ -13,10 +13,11 @@ use crate::state::Choice;
 use crate::status::{ContainerStatus, ProbeStatus, State};
 use crate::systemd::UnitState;
 
-/// Runs one probe against `127.0.0.1`.
-pub async fn probe(p: &Probe) -> ProbeStatus {
+/// Runs one probe against `addr` (the container's published port: probing the stable port
+/// would count as use of an on-demand service and keep it awake).
+pub async fn probe(p: &Probe, addr: std::net::SocketAddr) -> ProbeStatus {
     let started = Instant::now();
-    let result = tokio::time::timeout(p.timeout, probe_inner(p)).await;
+    let result = tokio::time::timeout(p.timeout, probe_inner(p, addr)).await;
     let (ok, detail) = match result {
         Ok(Ok(d)) => (true, d),
         Ok(Err(d)) => (false, d),
@@ -33,10 +34,10 @@ pub async fn probe(p: &Probe) -> ProbeStatus {
     }
 }
 
-async fn probe_inner(p: &Probe) -> Result<String, String> {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", p.port))
+async fn probe_inner(p: &Probe, addr: std::net::SocketAddr) -> Result<String, String> {
+    let mut s = tokio::net::TcpStream::connect(addr)
         .await
-        .map_err(|e| format!("connect 127.0.0.1:{}: {e}", p.port))?;
+        .map_err(|e| format!("connect {addr}: {e}"))?;
     let Some(path) = &p.path else {
         return Ok("TCP connect".into());
     };
@@ -295,10 +296,11 @@ mod tests {
             interval: Duration::from_secs(1),
             timeout: Duration::from_secs(2),
         };
-        let ok = probe(&p).await;
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let ok = probe(&p, addr).await;
         assert!(ok.ok, "{ok:?}");
         assert_eq!(ok.detail, "HTTP 200");
-        let bad = probe(&p).await;
+        let bad = probe(&p, addr).await;
         assert!(!bad.ok && bad.detail.contains("503"), "{bad:?}");
         let closed = Probe {
             port: 1,
@@ -306,6 +308,10 @@ mod tests {
             interval: Duration::from_secs(1),
             timeout: Duration::from_secs(2),
         };
-        assert!(!probe(&closed).await.ok);
+        assert!(
+            !probe(&closed, std::net::SocketAddr::from(([127, 0, 0, 1], 1)))
+                .await
+                .ok
+        );
     }
 }

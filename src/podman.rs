@@ -169,6 +169,8 @@ pub struct ContainerInspect {
     pub last_health_output: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub restart_count: i64,
+    /// Published TCP ports: container port → host port (containers of a pod see the pod's).
+    pub ports: BTreeMap<u16, u16>,
 }
 
 /// The real client. Cheap to clone; clones share the connector.
@@ -724,6 +726,23 @@ struct RawInspect {
     /// (`StopSignal` is a number before 5.0 and a string since).
     #[serde(rename = "Config", deserialize_with = "null_default")]
     config: RawConfig,
+    #[serde(rename = "NetworkSettings", deserialize_with = "null_default")]
+    network: RawNetwork,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawNetwork {
+    /// `"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": "41234"}]`, or null when unpublished.
+    #[serde(rename = "Ports", deserialize_with = "null_default")]
+    ports: BTreeMap<String, Option<Vec<RawBinding>>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawBinding {
+    #[serde(rename = "HostPort", deserialize_with = "null_default")]
+    host_port: String,
 }
 
 #[derive(Deserialize, Default)]
@@ -813,6 +832,19 @@ impl From<RawInspect> for ContainerInspect {
             last_health_output,
             labels: raw.config.labels,
             restart_count: raw.restart_count,
+            ports: raw
+                .network
+                .ports
+                .iter()
+                .filter_map(|(key, bindings)| {
+                    let (port, proto) = key.split_once('/').unwrap_or((key, "tcp"));
+                    let host = bindings
+                        .as_ref()?
+                        .iter()
+                        .find_map(|b| b.host_port.parse().ok())?;
+                    (proto == "tcp").then_some((port.parse().ok()?, host))
+                })
+                .collect(),
         }
     }
 }
@@ -1165,6 +1197,17 @@ mod tests {
         let inspect = decode_inspect(r#"{"Id": "x", "Name": "y", "State": null}"#);
         assert_eq!(inspect.status, "");
         assert_eq!(inspect.health, None);
+    }
+
+    #[test]
+    fn inspect_reads_published_tcp_ports() {
+        let inspect = decode_inspect(
+            r#"{"Id": "x", "NetworkSettings": {"Ports": {
+                "8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": "44651"}],
+                "9000/tcp": null,
+                "53/udp": [{"HostIp": "127.0.0.1", "HostPort": "5353"}]}}}"#,
+        );
+        assert_eq!(inspect.ports, BTreeMap::from([(8080, 44651)]));
     }
 
     #[test]

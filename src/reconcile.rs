@@ -19,6 +19,7 @@ use crate::health;
 use crate::paths::Paths;
 use crate::plan::{self, Action, Actual, Desired, DesiredService, Plan, PullState};
 use crate::podman::{ContainerInspect, Podman};
+use crate::proxy::ports::{PortSpec, Shared as ProxyShared};
 use crate::state::{substitute, Choice, SecretStore, StateError, UserState};
 use crate::status::{
     now_unix, ContainerStatus, Counters, DaemonInfo, PassReport, PortStatus, ProbeStatus,
@@ -83,6 +84,15 @@ pub enum Command {
     },
     /// Refresh health (statuses, due probes) and publish a snapshot.
     HealthTick,
+    /// A client connected to an on-demand service that is not running: start it.
+    Demand {
+        service: String,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// An on-demand service had no connection for its idle time: stop it.
+    Idle {
+        service: String,
+    },
     ProbeDone {
         service: String,
         status: ProbeStatus,
@@ -95,6 +105,8 @@ pub struct Handle {
     tx: mpsc::Sender<Command>,
     catalog: watch::Receiver<Arc<Catalog>>,
     snapshot: watch::Receiver<Option<Arc<Snapshot>>>,
+    specs: watch::Receiver<Vec<PortSpec>>,
+    proxy: Arc<ProxyShared>,
 }
 
 impl Handle {
@@ -105,6 +117,16 @@ impl Handle {
     /// The catalog in force (the last good one).
     pub fn catalog(&self) -> Arc<Catalog> {
         self.catalog.borrow().clone()
+    }
+
+    /// The stable ports the proxy should serve, updated after every pass.
+    pub fn port_specs(&self) -> watch::Receiver<Vec<PortSpec>> {
+        self.specs.clone()
+    }
+
+    /// State shared with the proxy (bind errors, counters, backends).
+    pub fn proxy(&self) -> Arc<ProxyShared> {
+        self.proxy.clone()
     }
 
     /// The newest health snapshot, refreshed after every pass and every health tick.
@@ -153,6 +175,11 @@ pub struct Engine<S, P, U> {
     probing: BTreeSet<String>,
     since: BTreeMap<String, (State, u64)>,
     snapshot_tx: watch::Sender<Option<Arc<Snapshot>>>,
+    /// On-demand services that were asked for and not idle since.
+    awake: BTreeSet<String>,
+    first_pass: bool,
+    specs_tx: watch::Sender<Vec<PortSpec>>,
+    proxy: Arc<ProxyShared>,
 }
 
 impl<S, P, U> std::fmt::Debug for Engine<S, P, U> {
@@ -196,6 +223,8 @@ where
         let (catalog_tx, catalog_rx) = watch::channel(Arc::new(Catalog::default()));
         let (snapshot_tx, snapshot_rx) = watch::channel(None);
         let (probe_tx, probe_rx) = mpsc::unbounded_channel();
+        let (specs_tx, specs_rx) = watch::channel(Vec::new());
+        let proxy = Arc::new(ProxyShared::default());
         let (tx, rx) = mpsc::channel(64);
         let (pull_tx, pull_rx) = mpsc::unbounded_channel();
         let mut e = Engine {
@@ -225,6 +254,10 @@ where
             probing: BTreeSet::new(),
             since: BTreeMap::new(),
             snapshot_tx,
+            awake: BTreeSet::new(),
+            first_pass: true,
+            specs_tx,
+            proxy: proxy.clone(),
         };
         if let Err(err) = e.reload_catalog() {
             warn!(%err, "catalog is broken; nothing will be changed until it is fixed");
@@ -235,6 +268,8 @@ where
                 tx,
                 catalog: catalog_rx,
                 snapshot: snapshot_rx,
+                specs: specs_rx,
+                proxy,
             },
             rx,
         ))
@@ -292,6 +327,10 @@ where
             let mut choice = self.state.choice(name, &policy.default_enabled);
             if policy.denied_services.contains(name) {
                 choice = Choice::Off;
+            }
+            // An on-demand service runs only between a connection and its idle stop.
+            if svc.on_demand && choice == Choice::On && !self.awake.contains(name) {
+                choice = Choice::Stopped;
             }
             let blocked = (svc.gpu == Gpu::Required && !self.ctx.gpu_available)
                 .then(|| "needs a GPU and none was found".to_string());
@@ -394,6 +433,21 @@ where
 
     async fn pass_inner(&mut self) -> PassReport {
         self.counters.passes += 1;
+        if self.first_pass {
+            // On-demand services found running (berth restarted under them) stay up until
+            // their idle time passes without a connection.
+            if let Ok(units) = self.systemd.list_units("berth-*").await {
+                for u in units.iter().filter(|u| u.is_active()) {
+                    if let Some(s) = units::service_of_unit(&u.name) {
+                        if self.catalog.get(s).is_some_and(|svc| svc.on_demand) {
+                            self.awake.insert(s.to_string());
+                        }
+                    }
+                }
+            }
+            self.first_pass = false;
+        }
+        self.publish_specs();
         let mut report = PassReport::default();
         if !self.loaded() {
             report.errors.push(format!(
@@ -702,7 +756,7 @@ where
                 .as_ref()
                 .and_then(|_| self.probes.get(name))
                 .cloned();
-            let (state, mut reason) = health::derive(health::Parts {
+            let (state, reason) = health::derive(health::Parts {
                 choice,
                 unit: ustate,
                 containers: &containers,
@@ -710,6 +764,22 @@ where
                 result: result.as_deref(),
                 restarts,
             });
+            let on_demand_idle = svc.on_demand
+                && choice == Choice::On
+                && !self.awake.contains(name)
+                && matches!(state, State::Waiting | State::Stopped);
+            let (mut state, mut reason) = if on_demand_idle {
+                let ports: Vec<String> = svc.ports().map(|p| p.host.to_string()).collect();
+                (
+                    State::Idle,
+                    Some(format!(
+                        "starts on the first connection to port {}",
+                        ports.join(", ")
+                    )),
+                )
+            } else {
+                (state, reason)
+            };
             if state == State::Failed {
                 // Quote the end of the crashed container's log: it usually says why.
                 let lines: Vec<String> = svc
@@ -724,13 +794,23 @@ where
                     reason = Some(format!("{base}; last log lines: {}", lines.join(" | ")));
                 }
             }
-            // What the last pass could not do outranks the coarse reason.
-            let mut state = state;
+            // What the last pass could not do, or a stable port berth cannot serve, outranks
+            // the coarse reason.
+            let bind_error = self
+                .proxy
+                .bind_errors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(name)
+                .cloned();
             if let Some(e) = self.apply_errors.get(name) {
                 reason = Some(e.clone());
                 if state == State::Waiting {
                     state = State::Failed;
                 }
+            } else if let Some(e) = bind_error {
+                reason = Some(e);
+                state = State::Failed;
             } else if let Some(w) = self.waiting.get(name) {
                 if matches!(state, State::Waiting | State::Failed) {
                     reason = Some(w.clone());
@@ -775,6 +855,42 @@ where
         Ok(out)
     }
 
+    /// Tells the proxy which stable ports to serve: every port of every service the user
+    /// wants (on-demand ones included, whether running or not).
+    fn publish_specs(&self) {
+        let policy = &self.catalog.policy;
+        let mut specs = Vec::new();
+        for (name, svc) in &self.catalog.services {
+            let wanted = self.state.choice(name, &policy.default_enabled) == Choice::On
+                && !policy.denied_services.contains(name);
+            if !wanted {
+                continue;
+            }
+            for ctr in &svc.containers {
+                for p in &ctr.ports {
+                    specs.push(PortSpec {
+                        service: name.clone(),
+                        name: p.name.clone(),
+                        port: p.host,
+                        container_port: p.container,
+                        container: units::container_name(svc, &svc.containers[0]),
+                        on_demand: svc.on_demand,
+                        idle_stop: svc.idle_stop,
+                        start_wait: svc.start_timeout,
+                    });
+                }
+            }
+        }
+        self.specs_tx.send_if_modified(|old| {
+            if *old == specs {
+                false
+            } else {
+                *old = specs;
+                true
+            }
+        });
+    }
+
     /// Publishes a fresh snapshot for metrics, the cloud push and notifications.
     async fn publish(&mut self) {
         match self.status(None).await {
@@ -814,9 +930,38 @@ where
                 continue;
             }
             self.probing.insert(name.clone());
-            let (p, name, tx) = (p.clone(), name.clone(), self.probe_tx.clone());
+            let Some(container_port) = svc.ports().find(|x| x.host == p.port).map(|x| x.container)
+            else {
+                continue;
+            };
+            let container = units::container_name(svc, &svc.containers[0]);
+            let (p, name, tx, podman) = (
+                p.clone(),
+                name.clone(),
+                self.probe_tx.clone(),
+                self.podman.clone(),
+            );
             tokio::spawn(async move {
-                let status = health::probe(&p).await;
+                let status = match podman.inspect(&container).await {
+                    Ok(Some(i)) => match i.ports.get(&container_port) {
+                        Some(host) => {
+                            health::probe(&p, std::net::SocketAddr::from(([127, 0, 0, 1], *host)))
+                                .await
+                        }
+                        None => ProbeStatus {
+                            ok: false,
+                            seconds: 0.0,
+                            detail: format!("container port {container_port} is not published"),
+                            at: now_unix(),
+                        },
+                    },
+                    _ => ProbeStatus {
+                        ok: false,
+                        seconds: 0.0,
+                        detail: "container not found".into(),
+                        at: now_unix(),
+                    },
+                };
                 if tx.send((name, status)).is_err() {
                     tracing::debug!("engine gone before a probe finished");
                 }
@@ -933,6 +1078,38 @@ where
                 Command::UnitChanged(_) => {
                     dirty_since.get_or_insert_with(tokio::time::Instant::now);
                 }
+                Command::Demand { service, reply } => {
+                    let r = if self.catalog.get(&service).is_some_and(|s| s.on_demand) {
+                        self.awake.insert(service.clone());
+                        // A client connecting is the user acting: retry a failed unit too.
+                        self.force.insert(service.clone());
+                        let report = self.pass().await;
+                        let mine: Vec<&String> = report
+                            .errors
+                            .iter()
+                            .filter(|e| e.contains(&units::main_unit(&service)))
+                            .collect();
+                        if mine.is_empty() {
+                            Ok(())
+                        } else {
+                            Err(mine
+                                .iter()
+                                .map(|e| e.as_str())
+                                .collect::<Vec<_>>()
+                                .join("; "))
+                        }
+                    } else {
+                        Err(format!("{service} is not an on-demand service"))
+                    };
+                    let _caller_may_have_left = reply.send(r);
+                }
+                Command::Idle { service } => {
+                    if self.awake.remove(&service) {
+                        info!(%service, "idle: stopping");
+                        self.pass().await;
+                        self.publish().await;
+                    }
+                }
                 Command::HealthTick => {
                     self.publish().await;
                     self.start_probes();
@@ -975,4 +1152,20 @@ pub fn source_chain(e: &dyn std::error::Error) -> String {
         cur = s.source();
     }
     parts.join(": ")
+}
+
+impl crate::proxy::ports::Engine for Handle {
+    async fn demand(&self, service: &str) -> Result<(), String> {
+        let service = service.to_string();
+        self.ask(|reply| Command::Demand { service, reply })
+            .await
+            .map_err(|e| e.to_string())?
+    }
+
+    async fn idle(&self, service: &str) {
+        let service = service.to_string();
+        if self.tx.send(Command::Idle { service }).await.is_err() {
+            tracing::debug!("engine gone; idle report dropped");
+        }
+    }
 }

@@ -19,6 +19,8 @@ pub enum State {
     Unhealthy,
     Failed,
     Stopping,
+    /// On-demand and not running: starts at the first connection to its port.
+    Idle,
 }
 
 impl State {
@@ -32,6 +34,7 @@ impl State {
             State::Unhealthy => "unhealthy",
             State::Failed => "failed",
             State::Stopping => "stopping",
+            State::Idle => "idle",
         }
     }
 }

@@ -209,9 +209,11 @@ fn labels(svc: &Service, unit: &str, ctr: Option<&Container>) -> Vec<Arg> {
     v
 }
 
+/// Publishes container ports on random loopback ports: the stable port belongs to berth's
+/// proxy, which forwards to whatever Podman picked.
 fn port_args(ports: impl Iterator<Item = (u16, u16)>) -> Vec<Arg> {
     ports
-        .flat_map(|(host, ctr)| [raw("-p"), lit(format!("127.0.0.1:{host}:{ctr}"))])
+        .flat_map(|(_stable, ctr)| [raw("-p"), lit(format!("127.0.0.1::{ctr}"))])
         .collect()
 }
 
@@ -470,7 +472,7 @@ target = "/data"
         let u = &units[0];
         assert_eq!(u.name, "berth-web.service");
         assert!(u.content.contains("Description=berth: A 100%% web page"));
-        assert!(u.content.contains("-p 127.0.0.1:18081:8080"));
+        assert!(u.content.contains("-p 127.0.0.1::8080"));
         assert!(u.content.contains("--volume berth-web-data:/data"));
         assert!(u.content.contains("--env \"PLAIN=a b\""));
         assert!(u.content.contains("--cap-drop=all"));
@@ -518,7 +520,7 @@ image = "localhost/b:1"
                 "berth-web--app.service"
             ]
         );
-        assert!(units[0].content.contains("-p 127.0.0.1:18081:8080"));
+        assert!(units[0].content.contains("-p 127.0.0.1::8080"));
         assert!(units[0]
             .content
             .contains("Wants=berth-web--db.service berth-web--app.service"));

@@ -86,7 +86,9 @@ fn daemon_killed_with_sigkill_leaves_services_running_and_converges_without_rest
         "active",
         "unit survives the daemon"
     );
-    assert_page(18181);
+    // The container still serves on the port Podman published for it.
+    let backend = backend_port("berth-it-kill", 8080).expect("published port");
+    assert_page(backend);
 
     w.start_daemon();
     let report: serde_json::Value =
@@ -96,6 +98,7 @@ fn daemon_killed_with_sigkill_leaves_services_running_and_converges_without_rest
         serde_json::json!([]),
         "nothing to do after restart: {report}"
     );
+    assert_page(18181);
     let c = &w.info()["counters"];
     assert_eq!(
         (

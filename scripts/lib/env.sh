@@ -46,6 +46,7 @@ BERTH_ENV_PACKAGES=(
     procps                   # pgrep/ps, used to find the user manager's PID
     iproute2 curl            # tests probe published ports and the API socket
     util-linux passwd tar    # setpriv/setsid/su, useradd/usermod, image tarballs
+    prometheus               # prometheus, promtool: tests/metrics.rs scrapes berth for real
 )
 # Podman needs a container network stack (Debian's containers-common depends
 # on the virtual package "container-network-stack"). With --no-install-recommends

@@ -347,3 +347,11 @@ pub fn assert_page(port: u16) {
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
+
+/// The loopback port Podman published for `container_port` of `container`.
+pub fn backend_port(container: &str, container_port: u16) -> Option<u16> {
+    let fmt = format!(
+        "{{{{(index (index .NetworkSettings.Ports \"{container_port}/tcp\") 0).HostPort}}}}"
+    );
+    inspect(container, &fmt).and_then(|p| p.parse().ok())
+}

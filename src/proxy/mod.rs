@@ -1,0 +1,7 @@
+//! The stable localhost ports: listeners berth owns, forwarding with splice(2) to the port
+//! Podman published for a container, starting on-demand services at their first connection.
+
+pub mod forward;
+pub mod owner;
+pub mod ports;
+mod splice;

@@ -1,0 +1,172 @@
+//! The stable ports against real units and containers: on-demand start, idle stop, berth
+//! restarts under systemd, and ports taken by other programs.
+
+mod common;
+
+use std::io::{Read as _, Write as _};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn on_demand_service(name: &str, port: u16, idle: &str) -> String {
+    web_service(name, port).replace(
+        "description = \"integration test page\"",
+        &format!(
+            "description = \"integration test page\"\non_demand = true\nidle_stop = \"{idle}\""
+        ),
+    )
+}
+
+#[test]
+fn first_connection_starts_an_on_demand_service_and_idle_stops_it() {
+    let Some(_serial) = session("on_demand") else {
+        return;
+    };
+    let mut w = World::new(&["it-lazy"]);
+    w.catalog_file("it-lazy.toml", &on_demand_service("it-lazy", 18196, "3s"));
+    w.start_daemon();
+    w.ok(&["enable", "it-lazy"]);
+    let st = w.status("it-lazy");
+    assert_eq!(st["state"], "idle", "{st}");
+    assert_ne!(
+        unit_active("berth-it-lazy.service"),
+        "active",
+        "not started before a connection"
+    );
+    assert!(w.ok(&["ls"]).contains("idle"));
+
+    // The first connection starts it and gets the page.
+    let t = Instant::now();
+    let page = http_get(18196).expect("served");
+    assert!(page.contains("berth demo"), "{page}");
+    eprintln!("first byte after {:?} (cold start)", t.elapsed());
+    assert_eq!(unit_active("berth-it-lazy.service"), "active");
+
+    // No connection for the idle time: stopped, idle again.
+    let stopped = wait_for(Duration::from_secs(30), || {
+        (unit_active("berth-it-lazy.service") != "active").then_some(())
+    });
+    assert!(stopped.is_some(), "idle service was not stopped");
+    let st = wait_for(Duration::from_secs(5), || {
+        let st = w.status("it-lazy");
+        (st["state"] == "idle").then_some(st)
+    });
+    assert!(st.is_some(), "{}", w.status("it-lazy"));
+
+    // And the next connection starts it again.
+    assert!(http_get(18196)
+        .expect("served again")
+        .contains("berth demo"));
+    let metrics = w.status("it-lazy");
+    assert_eq!(metrics["state"], "running", "{metrics}");
+}
+
+#[test]
+fn clients_connecting_during_a_restart_of_berth_are_served() {
+    let Some(_serial) = session("restart") else {
+        return;
+    };
+    let w = World::new(&["it-rs"]);
+    w.catalog_file("it-rs.toml", &web_service("it-rs", 18197));
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/units/berth.service"))
+        .expect("unit");
+    let unit = unit
+        .replace("/usr/local/bin/berth", path_str(&berth_bin()))
+        .replace(
+            "Environment=BERTH_LOG=info",
+            &format!(
+                "Environment=BERTH_LOG=info BERTH_ETC_DIR={} XDG_STATE_HOME={} BERTH_SOCKET={}",
+                path_str(&w.etc()),
+                path_str(&w.dir.path().join("state")),
+                path_str(&w.socket())
+            ),
+        );
+    let name = "it-berthd-rs.service";
+    let path = unit_file(name);
+    std::fs::write(&path, unit).expect("write unit");
+    systemctl(&["daemon-reload"]);
+    struct Cleanup(std::path::PathBuf, &'static str);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _stop = systemctl(&["stop", self.1]);
+            let _rm = std::fs::remove_file(&self.0);
+            let _reload = systemctl(&["daemon-reload"]);
+        }
+    }
+    let _cleanup = Cleanup(path, name);
+    let o = systemctl(&["start", name]);
+    assert!(o.status.success(), "{}", text(&o));
+    w.ok(&["enable", "it-rs"]);
+    assert_page(18197);
+
+    // A client keeps connecting while berth restarts twice.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let client = std::thread::spawn(move || {
+        let (mut ok, mut failed) = (0u32, Vec::new());
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            match http_get(18197) {
+                Ok(p) if p.contains("berth demo") => ok += 1,
+                other => failed.push(format!("{other:?}")),
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (ok, failed)
+    });
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(500));
+        let o = systemctl(&["restart", name]);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = client.join().expect("client thread");
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed during restarts: {:?}",
+        failed.len(),
+        ok as usize + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 20, "client made only {ok} requests");
+    let _disable = w.berth(&["disable", "it-rs"]);
+}
+
+#[test]
+fn a_port_taken_by_another_program_is_reported_with_that_program() {
+    let Some(_serial) = session("port_clash") else {
+        return;
+    };
+    let mut w = World::new(&["it-clash", "it-fine"]);
+    w.catalog_file("it-clash.toml", &web_service("it-clash", 18198));
+    w.catalog_file("it-fine.toml", &web_service("it-fine", 18199));
+    let squatter = std::net::TcpListener::bind("127.0.0.1:18198").expect("take the port first");
+    w.start_daemon();
+    w.ok(&["enable", "it-fine"]);
+    let e = w.berth(&["enable", "it-clash"]);
+    assert!(
+        !e.status.success(),
+        "enable must report the clash: {}",
+        text(&e)
+    );
+    let st = w.status("it-clash");
+    let reason = st["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("18198"), "{st}");
+    assert!(
+        reason.contains(&format!("pid {}", std::process::id())),
+        "names the program holding the port: {st}"
+    );
+    assert_eq!(st["state"], "failed");
+    assert_page(18199);
+
+    // Once the other program lets go, berth takes the port (on its next try).
+    drop(squatter);
+    w.ok(&["disable", "it-clash"]);
+    w.ok(&["enable", "it-clash"]);
+    assert_page(18198);
+    let mut s = std::net::TcpStream::connect("127.0.0.1:18198").expect("connect");
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").expect("send");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    assert!(out.contains("berth demo"));
+}
