@@ -209,6 +209,16 @@ fn labels(svc: &Service, unit: &str, ctr: Option<&Container>) -> Vec<Arg> {
     v
 }
 
+/// A service that uses others reaches their stable ports on the host's loopback, which
+/// slirp4netns exposes only when asked (at 10.0.2.2).
+fn host_loopback(svc: &Service) -> Vec<Arg> {
+    if svc.uses.is_empty() {
+        Vec::new()
+    } else {
+        vec![raw("--network=slirp4netns:allow_host_loopback=true")]
+    }
+}
+
 /// Publishes container ports on random loopback ports: the stable port belongs to berth's
 /// proxy, which forwards to whatever Podman picked.
 fn port_args(ports: impl Iterator<Item = (u16, u16)>) -> Vec<Arg> {
@@ -267,6 +277,7 @@ fn render_pod(svc: &Service, ctx: &RenderCtx) -> UnitFile {
         raw(format!("--pod-id-file={id}")),
     ];
     create.extend(labels(svc, &unit, None));
+    create.extend(host_loopback(svc));
     create.extend(port_args(svc.ports().map(|p| (p.host, p.container))));
     let _ = writeln!(out, "ExecStartPre=/bin/rm -f {pid} {id}");
     let _ = writeln!(out, "ExecStartPre={}", exec(&create));
@@ -357,6 +368,7 @@ fn run_args(svc: &Service, ctr: &Container, ctx: &RenderCtx, unit: &str, cid: &s
     if svc.is_pod() {
         a.push(raw(format!("--pod-id-file=%t/{}.pod-id", pod_name(svc))));
     } else {
+        a.extend(host_loopback(svc));
         a.extend(port_args(ctr.ports.iter().map(|p| (p.host, p.container))));
     }
     a.push(raw("--log-driver=k8s-file"));

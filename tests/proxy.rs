@@ -170,3 +170,38 @@ fn a_port_taken_by_another_program_is_reported_with_that_program() {
     s.read_to_string(&mut out).expect("read");
     assert!(out.contains("berth demo"));
 }
+
+#[test]
+fn a_service_reaches_the_services_it_uses_through_their_injected_stable_urls() {
+    let Some(_serial) = session("service_urls") else {
+        return;
+    };
+    let mut w = World::new(&["it-api", "it-client"]);
+    w.catalog_file("it-api.toml", &web_service("it-api", 18200));
+    let client = web_service("it-client", 18201)
+        .replace(
+            "description = \"integration test page\"",
+            "description = \"integration test page\"\nuses = [\"it-api\"]",
+        )
+        .replace(
+            "init = true",
+            "init = true\nenv = { API_URL = \"${service.it-api.url}\" }",
+        );
+    w.catalog_file("it-client.toml", &client);
+    w.start_daemon();
+    w.ok(&["enable", "it-api"]);
+    w.ok(&["enable", "it-client"]);
+    let o = podman(&[
+        "exec",
+        "berth-it-client",
+        "sh",
+        "-c",
+        "echo $API_URL; wget -q -O - \"$API_URL\"",
+    ]);
+    let out = text(&o);
+    assert!(out.contains("http://10.0.2.2:18200"), "{out}");
+    assert!(
+        out.contains("berth demo"),
+        "the container reached it-api through berth: {out}"
+    );
+}

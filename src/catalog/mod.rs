@@ -243,6 +243,9 @@ pub fn from_sources(
     if diags.is_empty() {
         validate::across(&services, &spans, &policy, &mut diags);
     }
+    if diags.is_empty() {
+        validate::resolve_service_refs(&mut services, &mut diags);
+    }
     for (name, field) in policy
         .denied_services
         .iter()

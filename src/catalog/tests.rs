@@ -224,3 +224,49 @@ fn builtin_catalog_is_valid() {
         assert!(c.get(name).is_some(), "built-in catalog lacks {name}");
     }
 }
+
+#[test]
+fn service_urls_resolve_only_for_used_services() {
+    let api = GOOD.replace("\"web\"", "\"api\"").replace("18081", "18090");
+    let client = GOOD
+        .replace("name = \"web\"", "name = \"client\"\nuses = [\"api\"]")
+        .replace(
+            "A = \"1\"",
+            "A = \"${service.api.url}/v1\", B = \"${service.api.http.url}\"",
+        )
+        .replace("18081", "18091");
+    let c = from_sources(
+        None,
+        &[
+            Source::new("a/api.toml", api.clone()),
+            Source::new("c/client.toml", client.clone()),
+        ],
+    )
+    .expect("valid");
+    let env = &c.get("client").expect("client").containers[0].env;
+    assert_eq!(env["A"], "http://10.0.2.2:18090/v1");
+    assert_eq!(env["B"], "http://10.0.2.2:18090");
+    let not_used = client.replace("uses = [\"api\"]\n", "");
+    let e = from_sources(
+        None,
+        &[
+            Source::new("a/api.toml", api.clone()),
+            Source::new("c/client.toml", not_used),
+        ],
+    )
+    .expect_err("api not in uses");
+    assert!(
+        e.to_string().contains("not in this service's `uses`"),
+        "{e}"
+    );
+    let bad_port = client.replace("${service.api.http.url}", "${service.api.grpc.url}");
+    let e = from_sources(
+        None,
+        &[
+            Source::new("a/api.toml", api),
+            Source::new("c/client.toml", bad_port),
+        ],
+    )
+    .expect_err("no such port");
+    assert!(e.to_string().contains("no port named \"grpc\""), "{e}");
+}

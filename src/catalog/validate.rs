@@ -898,6 +898,77 @@ pub fn across(
     let _ = policy;
 }
 
+/// Where a container reaches the host's loopback: slirp4netns maps the host's 127.0.0.1 to
+/// this address when started with `allow_host_loopback=true` (which berth does for services
+/// that `use` others).
+pub const HOST_LOOPBACK_FROM_CONTAINER: &str = "10.0.2.2";
+
+const SERVICE_PREFIX: &str = "${service.";
+
+/// Replaces `${service.NAME.url}` (the service's first port) and `${service.NAME.PORT.url}` in
+/// env values with the stable URL of that service as a container reaches it. The service
+/// must be listed in `uses`.
+pub fn resolve_service_refs(services: &mut BTreeMap<String, Service>, diags: &mut Vec<Diagnostic>) {
+    let ports: BTreeMap<String, Vec<(String, u16)>> = services
+        .iter()
+        .map(|(n, s)| {
+            (
+                n.clone(),
+                s.ports().map(|p| (p.name.clone(), p.host)).collect(),
+            )
+        })
+        .collect();
+    for svc in services.values_mut() {
+        let (name, file, uses) = (svc.name.clone(), svc.origin.file.clone(), svc.uses.clone());
+        for (ci, ctr) in svc.containers.iter_mut().enumerate() {
+            for (key, value) in ctr.env.iter_mut() {
+                let mut out = String::new();
+                let mut rest = value.as_str();
+                while let Some(i) = rest.find(SERVICE_PREFIX) {
+                    out.push_str(&rest[..i]);
+                    let after = &rest[i + SERVICE_PREFIX.len()..];
+                    let Some(end) = after.find('}') else {
+                        diags.push(Diagnostic::at(
+                            None,
+                            &file,
+                            format!("containers[{ci}].env.{key}"),
+                            "unterminated ${service.…} reference".into(),
+                        ));
+                        break;
+                    };
+                    let parts: Vec<&str> = after[..end].split('.').collect();
+                    let resolved = match parts.as_slice() {
+                        [other, "url"] | [other, _, "url"] if !uses.iter().any(|u| u == other) => {
+                            Err(format!("refers to service {other:?}, which is not in this service's `uses`"))
+                        }
+                        [other, "url"] => ports.get(*other).and_then(|p| p.first()).map(|p| p.1).ok_or(format!("service {other:?} has no port")),
+                        [other, port, "url"] => ports
+                            .get(*other)
+                            .and_then(|p| p.iter().find(|(n, _)| n == port))
+                            .map(|p| p.1)
+                            .ok_or(format!("service {other:?} has no port named {port:?}")),
+                        _ => Err(format!("${{service.{}}} is not a known reference (use ${{service.NAME.url}} or ${{service.NAME.PORT.url}})", &after[..end])),
+                    };
+                    match resolved {
+                        Ok(port) => {
+                            out.push_str(&format!("http://{HOST_LOOPBACK_FROM_CONTAINER}:{port}"))
+                        }
+                        Err(e) => diags.push(Diagnostic::at(
+                            None,
+                            &file,
+                            format!("containers[{ci}].env.{key}"),
+                            format!("{e} (in service {name:?})"),
+                        )),
+                    }
+                    rest = &after[end + 1..];
+                }
+                out.push_str(rest);
+                *value = out;
+            }
+        }
+    }
+}
+
 /// A cycle in `uses`, as the list of services along it (first repeated at the end).
 pub fn uses_cycle(services: &BTreeMap<String, Service>) -> Option<Vec<String>> {
     #[derive(Clone, Copy, PartialEq)]
