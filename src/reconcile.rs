@@ -812,7 +812,9 @@ where
                 reason = Some(e);
                 state = State::Failed;
             } else if let Some(w) = self.waiting.get(name) {
-                if matches!(state, State::Waiting | State::Failed) {
+                // A failed unit keeps its own reason (crash count, last log lines); the
+                // planner's "failed; berth start retries" says less.
+                if state == State::Waiting {
                     reason = Some(w.clone());
                 }
             }
@@ -1040,6 +1042,9 @@ where
                         Ok(()) => Ok(self.pass().await),
                         Err(e) => Err(e),
                     };
+                    if r.is_ok() {
+                        self.publish().await;
+                    }
                     let _caller_may_have_left = reply.send(r);
                 }
                 Command::Reconcile { reply } => {
@@ -1066,6 +1071,7 @@ where
                         Ok(n) => {
                             info!(services = n, "catalog reloaded");
                             self.pass().await;
+                            self.publish().await;
                         }
                         Err(e) => {
                             warn!(err = %e, "catalog change rejected; the last good catalog stays")
@@ -1137,6 +1143,7 @@ where
                         }
                     }
                     self.pass().await;
+                    self.publish().await;
                 }
             }
         }
