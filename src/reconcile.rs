@@ -1042,10 +1042,11 @@ where
                         Ok(()) => Ok(self.pass().await),
                         Err(e) => Err(e),
                     };
-                    if r.is_ok() {
+                    let ok = r.is_ok();
+                    let _caller_may_have_left = reply.send(r);
+                    if ok {
                         self.publish().await;
                     }
-                    let _caller_may_have_left = reply.send(r);
                 }
                 Command::Reconcile { reply } => {
                     let r = self.pass().await;
