@@ -43,7 +43,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// One HTTP/1.0 exchange (no chunking, the server closes): status code and body.
+/// One HTTP/1.0 exchange (no chunking, the server closes): status code, head and body.
 fn exchange(
     mut s: impl std::io::Read + std::io::Write,
     path: &str,

@@ -46,6 +46,10 @@ BERTH_ENV_PACKAGES=(
     procps                   # pgrep/ps, used to find the user manager's PID
     iproute2 curl            # tests probe published ports and the API socket
     util-linux passwd tar    # setpriv/setsid/su, useradd/usermod, image tarballs
+)
+# Only for the test suite (scripts/test-env sets BERTH_ENV_WITH_TEST_PACKAGES=1):
+# a VM running berth must not get a Prometheus server.
+BERTH_ENV_TEST_PACKAGES=(
     prometheus               # prometheus, promtool: tests/metrics.rs scrapes berth for real
 )
 # Podman needs a container network stack (Debian's containers-common depends
@@ -170,8 +174,11 @@ berth_env_install_packages() {
         berth_env_log "not root or no apt-get: skipping package installation"
         return 0
     fi
-    local pkg missing=() net_ok=0
-    for pkg in "${BERTH_ENV_PACKAGES[@]}"; do
+    local pkg missing=() net_ok=0 wanted=("${BERTH_ENV_PACKAGES[@]}")
+    if [[ "${BERTH_ENV_WITH_TEST_PACKAGES:-0}" == 1 ]]; then
+        wanted+=("${BERTH_ENV_TEST_PACKAGES[@]}")
+    fi
+    for pkg in "${wanted[@]}"; do
         _berth_env_pkg_installed "$pkg" || missing+=("$pkg")
     done
     for pkg in "${BERTH_ENV_NETWORK_STACK[@]}"; do
