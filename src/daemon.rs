@@ -141,6 +141,7 @@ pub async fn run(
 
     // Health consumers read the engine's snapshots (`handle.snapshots()`); each runs as its
     // own task and never blocks the engine.
+    crate::metrics::register_proxy(handle.proxy());
     if let Some(addr) = config.metrics.listen {
         let token_file = config.metrics.bearer_token_file.clone();
         crate::metrics::spawn_tcp(addr, token_file, handle.snapshots());

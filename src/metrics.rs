@@ -268,12 +268,30 @@ pub fn encode_with(snap: &Snapshot, extra: &[&Registry]) -> String {
     out
 }
 
+/// The proxy's live counters, registered once by the daemon. A process-wide cell rather than
+/// a parameter threaded through both doors: the counters are atomics owned by the proxy and
+/// only read here.
+static PROXY: std::sync::OnceLock<Arc<crate::proxy::ports::Shared>> = std::sync::OnceLock::new();
+
+/// Adds the proxy's per-port counters to every scrape from now on.
+pub fn register_proxy(shared: Arc<crate::proxy::ports::Shared>) {
+    if PROXY.set(shared).is_err() {
+        tracing::debug!("proxy counters were already registered");
+    }
+}
+
 /// The answer to `GET /metrics` on either door.
 fn render(snapshots: &Snapshots) -> Response {
     // Clone the Arc and let go of the channel before encoding.
     let snap = snapshots.borrow().clone();
     match snap {
-        Some(snap) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], encode(&snap)).into_response(),
+        Some(snap) => {
+            let body = match PROXY.get() {
+                Some(p) => encode_with(&snap, &[&crate::proxy::ports::registry(p)]),
+                None => encode(&snap),
+            };
+            ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response()
+        }
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],

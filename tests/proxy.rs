@@ -57,8 +57,31 @@ fn first_connection_starts_an_on_demand_service_and_idle_stops_it() {
     assert!(http_get(18196)
         .expect("served again")
         .contains("berth demo"));
-    let metrics = w.status("it-lazy");
-    assert_eq!(metrics["state"], "running", "{metrics}");
+    let st = w.status("it-lazy");
+    assert_eq!(st["state"], "running", "{st}");
+
+    // The counters tell: two starts on demand, three connections on the port.
+    let o = run(
+        "curl",
+        &[
+            "-sS",
+            "--unix-socket",
+            path_str(&w.socket()),
+            "http://localhost/metrics",
+        ],
+    );
+    let m = text(&o);
+    assert!(
+        m.contains("berth_on_demand_starts_total{service=\"it-lazy\"} 2"),
+        "{m}"
+    );
+    let conns = m
+        .lines()
+        .find(|l| {
+            l.starts_with("berth_proxy_connections_total{service=\"it-lazy\",port=\"18196\"}")
+        })
+        .unwrap_or_else(|| panic!("no connection counter: {m}"));
+    assert!(conns.ends_with(" 2"), "{conns}");
 }
 
 #[test]

@@ -500,3 +500,125 @@ async fn idle_watch<E: Engine>(
         }
     }
 }
+
+/// A counter family whose series follow the order they were added (rebuilt per scrape).
+#[derive(Debug)]
+struct CounterFamily(Vec<(Vec<(&'static str, String)>, u64)>);
+
+impl prometheus_client::encoding::EncodeMetric for CounterFamily {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        for (labels, value) in &self.0 {
+            encoder
+                .encode_family(labels)?
+                .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(value, None)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Counter
+    }
+}
+
+#[derive(Debug)]
+struct GaugeFamily(Vec<(Vec<(&'static str, String)>, f64)>);
+
+impl prometheus_client::encoding::EncodeMetric for GaugeFamily {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        for (labels, value) in &self.0 {
+            encoder.encode_family(labels)?.encode_gauge(value)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Gauge
+    }
+}
+
+/// The proxy's counters as metric families: per stable port and per on-demand service.
+pub fn registry(shared: &Shared) -> prometheus_client::registry::Registry {
+    let mut r = prometheus_client::registry::Registry::default();
+    let ports: Vec<(u16, String, Arc<Counters>)> = lock(&shared.counters)
+        .iter()
+        .map(|(p, (s, c))| (*p, s.clone(), c.clone()))
+        .collect();
+    let labels = |port: u16, service: &str| {
+        vec![("service", service.to_string()), ("port", port.to_string())]
+    };
+    let family = |f: &dyn Fn(&Counters) -> u64| {
+        CounterFamily(
+            ports
+                .iter()
+                .map(|(p, s, c)| (labels(*p, s), f(c)))
+                .collect(),
+        )
+    };
+    r.register(
+        "berth_proxy_connections",
+        "Connections accepted on a stable port",
+        family(&|c| c.connections_total.load(Ordering::Relaxed)),
+    );
+    r.register(
+        "berth_proxy_bytes_in",
+        "Bytes forwarded from clients to the service",
+        family(&|c| c.bytes_in.load(Ordering::Relaxed)),
+    );
+    r.register(
+        "berth_proxy_bytes_out",
+        "Bytes forwarded from the service to clients",
+        family(&|c| c.bytes_out.load(Ordering::Relaxed)),
+    );
+    r.register(
+        "berth_proxy_active_connections",
+        "Connections open now on a stable port",
+        GaugeFamily(
+            ports
+                .iter()
+                .map(|(p, s, c)| (labels(*p, s), c.active.load(Ordering::Relaxed) as f64))
+                .collect(),
+        ),
+    );
+    let demand: Vec<(String, Arc<DemandStats>)> = lock(&shared.demand)
+        .iter()
+        .map(|(s, d)| (s.clone(), d.clone()))
+        .collect();
+    r.register(
+        "berth_on_demand_starts",
+        "Starts of an on-demand service caused by a connection",
+        CounterFamily(
+            demand
+                .iter()
+                .map(|(s, d)| {
+                    (
+                        vec![("service", s.clone())],
+                        d.starts.load(Ordering::Relaxed),
+                    )
+                })
+                .collect(),
+        ),
+    );
+    r.register_with_unit(
+        "berth_on_demand_start_last",
+        "Time from the first connection to a ready backend, last on-demand start",
+        prometheus_client::registry::Unit::Seconds,
+        GaugeFamily(
+            demand
+                .iter()
+                .map(|(s, d)| {
+                    (
+                        vec![("service", s.clone())],
+                        d.wait_us_last.load(Ordering::Relaxed) as f64 / 1e6,
+                    )
+                })
+                .collect(),
+        ),
+    );
+    r
+}
