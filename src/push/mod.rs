@@ -187,7 +187,7 @@ pub fn spawn_with<D: Deliver + 'static>(
     // be wiped, the new reports still sort after the old ones and are not taken for duplicates.
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 2));
+        .map_or(0, |d| d.as_secs() * 1000 + u64::from(d.subsec_millis()));
     let spool = Spool::open(&settings.spool_dir, settings.spool_max_reports, now_ms)?;
     let stats = Arc::new(PushStats::default());
     PushStats::set(&stats.spooled, spool.len() as u64);
