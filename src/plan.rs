@@ -186,6 +186,14 @@ pub fn plan(desired: &Desired, actual: &Actual) -> Plan {
     let mut waiting = BTreeMap::new();
     let mut reload = false;
 
+    // Unit files grouped by service once: looking them up per service would scan every file
+    // for every service.
+    let mut files_of: BTreeMap<&str, Vec<&String>> = BTreeMap::new();
+    for f in actual.unit_files.keys() {
+        if let Some(s) = units::service_of_unit(f) {
+            files_of.entry(s).or_default().push(f);
+        }
+    }
     // Services that exist on disk or in systemd but are no longer wanted.
     let mut present: BTreeSet<&str> = BTreeSet::new();
     for name in actual.unit_files.keys().chain(actual.units.keys()) {
@@ -214,14 +222,10 @@ pub fn plan(desired: &Desired, actual: &Actual) -> Plan {
                 unit: main.clone(),
             });
         }
-        for unit in actual
-            .unit_files
-            .keys()
-            .filter(|u| units::service_of_unit(u) == Some(svc))
-        {
+        for unit in files_of.get(svc).into_iter().flatten() {
             files.push(Action::RemoveUnit {
                 service: svc.into(),
-                unit: unit.clone(),
+                unit: (*unit).clone(),
             });
             reload = true;
         }
@@ -245,15 +249,11 @@ pub fn plan(desired: &Desired, actual: &Actual) -> Plan {
                 reload = true;
             }
         }
-        for unit in actual
-            .unit_files
-            .keys()
-            .filter(|f| units::service_of_unit(f) == Some(name))
-        {
-            if !d.units.iter().any(|u| &u.name == unit) {
+        for unit in files_of.get(name.as_str()).into_iter().flatten() {
+            if !d.units.iter().any(|u| &u.name == *unit) {
                 files.push(Action::RemoveUnit {
                     service: name.clone(),
-                    unit: unit.clone(),
+                    unit: (*unit).clone(),
                 });
                 changed = true;
             }

@@ -338,7 +338,12 @@ where
                 name.clone(),
                 DesiredService {
                     choice,
-                    units: units::render(svc, &self.ctx),
+                    // Units of a service that is off are never read by the planner.
+                    units: if choice == Choice::Off {
+                        Vec::new()
+                    } else {
+                        units::render(svc, &self.ctx)
+                    },
                     images: svc.images().map(str::to_string).collect(),
                     uses: svc.uses.clone(),
                     blocked,
