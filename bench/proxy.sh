@@ -6,7 +6,8 @@
 #   berth forward           the daemon's forwarding code on one port (splice)
 #   systemd-socket-proxyd   systemd's socket-activated proxy
 #   socat                   one forked process per connection
-#   haproxy                 mode tcp, its default threads, option splice-auto
+#   haproxy                 mode tcp, option splice-auto, one thread (its best
+#                           setting here: wrk and nginx need the other core)
 #
 #   bulk:  iperf3 -t 5, one stream, Gbit/s
 #   HTTP:  wrk -t2 -c16 and -c64, 5 s, keep-alive, against nginx serving a
@@ -14,6 +15,9 @@
 #
 #   goals: berth >= 0.85x direct throughput, >= 0.8x direct req/s at both
 #          concurrencies, and ahead of every peer in the same run.
+#
+#   A second table gives each proxy's own CPU time per GB and per request:
+#   far less disturbed by other work on the machine than the rates.
 #
 #     bench/proxy.sh
 #
@@ -30,14 +34,21 @@
 # Ctrl-C. Each client run is bounded by `timeout`; the whole measurement takes
 # about 90 s, the build comes on top.
 #
-# Knobs: BERTH_BENCH_SECS (seconds per iperf3 and wrk run, default 5),
-# BERTH_BENCH_PORT (first port, default 18600), BERTH_BENCH_PATHS (which paths,
-# default "direct berth socket-proxyd socat haproxy").
+# Each measurement runs for all paths back to back (bulk for every path, then
+# c16 for every path, then c64), so that one column compares paths under the
+# same conditions. On a shared or noisy machine use more rounds: the order of
+# the paths rotates per round and the table shows medians.
+#
+# Knobs: BERTH_BENCH_ROUNDS (default 1; each adds about 90 s), BERTH_BENCH_SECS
+# (seconds per iperf3 and wrk run, default 5), BERTH_BENCH_PORT (first port,
+# default 18600), BERTH_BENCH_PATHS (which paths, default "direct berth
+# socket-proxyd socat haproxy").
 set -euo pipefail
 
 readonly SECS=${BERTH_BENCH_SECS:-5}
 readonly PORT=${BERTH_BENCH_PORT:-18600}
 readonly PATHS=${BERTH_BENCH_PATHS:-direct berth socket-proxyd socat haproxy}
+readonly ROUNDS=${BERTH_BENCH_ROUNDS:-1}
 readonly GOAL_BULK=0.85
 readonly GOAL_RPS=0.80
 readonly PROXYD=/lib/systemd/systemd-socket-proxyd
@@ -89,6 +100,8 @@ install_tools() {
 
 pids=()
 tmp=
+# The process group serving each path's HTTP and bulk port ("berth-http" -> PID).
+declare -A group
 
 cleanup() {
     local rc=$? pid
@@ -117,6 +130,21 @@ start() {
     shift
     setsid "$@" >"$tmp/$name.log" 2>&1 &
     pids+=("$!")
+    group[$name]=$!
+}
+
+# CPU time in clock ticks used so far by the process group serving PATH's KIND
+# port (exited children included, as socat reaps its own).
+ticks() {
+    local pgid=${group[$1-$2]:-${group[$1]:-}} pid t=0
+    [[ -n $pgid ]] || {
+        echo 0
+        return
+    }
+    for pid in $(pgrep -g "$pgid"); do
+        t=$((t + $(awk '{ print $14 + $15 + $16 + $17 }' "/proc/$pid/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$t"
 }
 
 wait_port() {
@@ -223,6 +251,7 @@ start_haproxy() {
     cat >"$tmp/haproxy.cfg" <<EOF
 global
     maxconn 4096
+    nbthread 1
 defaults
     mode tcp
     option splice-auto
@@ -262,14 +291,22 @@ http() {
     local port=$1 conns=$2 secs=${3:-$SECS} out
     out=$(timeout $((secs + 15)) wrk -t2 -c"$conns" -d"${secs}s" --latency "http://127.0.0.1:$port/" 2>&1) || {
         printf 'wrk through port %s failed:\n%s\n' "$port" "$out" >&2
-        echo "nan - -"
+        echo "nan - - 0"
         return
     }
     if grep -qE 'Socket errors|Non-2xx' <<<"$out"; then
         printf 'wrk through port %s saw errors:\n%s\n' "$port" "$out" >&2
     fi
     awk '/^Requests\/sec:/ { r = $2 } $1 == "50%" { p50 = $2 } $1 == "99%" { p99 = $2 }
-        END { printf "%s %s %s\n", (r == "" ? "nan" : r), p50, p99 }' <<<"$out"
+        / requests in / { n = $1 }
+        END { printf "%s %s %s %d\n", (r == "" ? "nan" : r), p50, p99, n }' <<<"$out"
+}
+
+# The line with the median first field of the lines in $1 (the lower middle one of an even
+# count); "nan" lines sort last.
+median() {
+    { grep -v -e '^$' -e '^nan' <<<"$1" | sort -g -k1,1 || true; grep '^nan' <<<"$1" || true; } |
+        awk '{ l[NR] = $0 } END { print (NR ? l[int((NR + 1) / 2)] : "nan - -") }'
 }
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "nan" || b == "nan" || b == 0) print "nan"; else printf "%.2f", a / b }'; }
@@ -311,41 +348,89 @@ main() {
         esac
     done
 
+    # Each measurement runs for every path back to back, so that the paths of one column see
+    # the same machine; with several rounds the order rotates and medians are reported.
     declare -A gbit c16 c64
-    for p in $PATHS; do
-        log "$p: iperf3 ${SECS}s"
-        gbit[$p]=$(bulk "${bulk_port[$p]}")
-        # Warms up the connections and caches on this path; not counted.
-        http "${http_port[$p]}" 16 1 >/dev/null
-        log "$p: wrk -c16 ${SECS}s"
-        c16[$p]=$(http "${http_port[$p]}" 16)
-        log "$p: wrk -c64 ${SECS}s"
-        c64[$p]=$(http "${http_port[$p]}" 64)
+    local -a order
+    read -r -a order <<<"$PATHS"
+    local round n=${#order[@]} k
+    read -r load _ </proc/loadavg
+    log "load average before measuring: $load (other work on the machine skews every number)"
+    for round in $(seq 1 "$ROUNDS"); do
+        local -a turn=()
+        for k in $(seq 0 $((n - 1))); do
+            turn+=("${order[$(((k + round - 1) % n))]}")
+        done
+        # Next to each result: the CPU time the path's proxy used for it.
+        local t0 v
+        for p in "${turn[@]}"; do
+            log "round $round, $p: iperf3 ${SECS}s"
+            t0=$(ticks "$p" bulk)
+            v=$(bulk "${bulk_port[$p]}")
+            gbit[$p]+="$v $(($(ticks "$p" bulk) - t0))"$'\n'
+        done
+        for p in "${turn[@]}"; do
+            # Warms up the connections and caches on this path; not counted.
+            http "${http_port[$p]}" 16 1 >/dev/null
+            log "round $round, $p: wrk -c16 ${SECS}s"
+            t0=$(ticks "$p" http)
+            v=$(http "${http_port[$p]}" 16)
+            c16[$p]+="$v $(($(ticks "$p" http) - t0))"$'\n'
+        done
+        for p in "${turn[@]}"; do
+            log "round $round, $p: wrk -c64 ${SECS}s"
+            t0=$(ticks "$p" http)
+            v=$(http "${http_port[$p]}" 64)
+            c64[$p]+="$v $(($(ticks "$p" http) - t0))"$'\n'
+        done
     done
+    for p in $PATHS; do
+        gbit[$p]=$(median "${gbit[$p]}")
+        c16[$p]=$(median "${c16[$p]}")
+        c64[$p]=$(median "${c64[$p]}")
+    done
+    read -r load _ </proc/loadavg
+    log "load average after measuring: $load"
 
-    local d_bulk d16 d64
-    d_bulk=${gbit[direct]:-nan}
+    local d_bulk d16 d64 g gtk r16 a16 b16 n16 t16 r64 a64 b64 n64 t64
+    d_bulk=$(cut -d' ' -f1 <<<"${gbit[direct]:-nan}")
     d16=$(cut -d' ' -f1 <<<"${c16[direct]:-nan}")
     d64=$(cut -d' ' -f1 <<<"${c64[direct]:-nan}")
     echo
     printf '%-14s | %13s | %8s | %26s | %8s | %26s | %8s\n' path "iperf3 Gbit/s" "x direct" \
         "wrk c16 req/s (p50/p99)" "x direct" "wrk c64 req/s (p50/p99)" "x direct"
     printf -- '---------------|---------------|----------|----------------------------|----------|----------------------------|---------\n'
-    local r16 r64
     for p in $PATHS; do
-        read -r r16 a16 b16 <<<"${c16[$p]}"
-        read -r r64 a64 b64 <<<"${c64[$p]}"
-        printf '%-14s | %13s | %8s | %26s | %8s | %26s | %8s\n' "$p" "${gbit[$p]}" \
-            "$(ratio "${gbit[$p]}" "$d_bulk")" \
+        read -r g _ <<<"${gbit[$p]}"
+        read -r r16 a16 b16 _ <<<"${c16[$p]}"
+        read -r r64 a64 b64 _ <<<"${c64[$p]}"
+        printf '%-14s | %13s | %8s | %26s | %8s | %26s | %8s\n' "$p" "$g" "$(ratio "$g" "$d_bulk")" \
             "$(printf '%.0f (%s/%s)' "$r16" "$a16" "$b16" 2>/dev/null || echo nan)" "$(ratio "$r16" "$d16")" \
             "$(printf '%.0f (%s/%s)' "$r64" "$a64" "$b64" 2>/dev/null || echo nan)" "$(ratio "$r64" "$d64")"
+    done
+    echo
+    # The proxy's own CPU time (user + system, softirq work done in its context included) per
+    # unit of work: much less disturbed by other load on the machine than the rates above.
+    local hz
+    hz=$(getconf CLK_TCK)
+    printf '%-14s | %18s | %18s | %18s\n' "proxy CPU" "ms per GB (iperf3)" "us per req (c16)" "us per req (c64)"
+    printf -- '---------------|--------------------|--------------------|-------------------\n'
+    for p in $PATHS; do
+        [[ $p == direct ]] && continue
+        read -r g gtk <<<"${gbit[$p]}"
+        read -r _ _ _ n16 t16 <<<"${c16[$p]}"
+        read -r _ _ _ n64 t64 <<<"${c64[$p]}"
+        awk -v p="$p" -v hz="$hz" -v secs="$SECS" -v g="$g" -v gt="$gtk" -v n16="$n16" -v t16="$t16" \
+            -v n64="$n64" -v t64="$t64" 'function per(t, n, k) { return (n > 0 && t != "") ? sprintf("%.1f", t / hz * k / n) : "nan" }
+            BEGIN { gb = (g == "nan") ? 0 : g * secs / 8
+                printf "%-14s | %18s | %18s | %18s\n", p, per(gt, gb, 1000), per(t16, n16, 1e6), per(t64, n64, 1e6) }'
     done
     echo
 
     [[ " $PATHS " == *" berth "* && " $PATHS " == *" direct "* ]] || return 0
     local misses=()
     local b_bulk b16 b64
-    b_bulk=${gbit[berth]}
+    b_bulk=$(cut -d' ' -f1 <<<"${gbit[berth]}")
     b16=$(cut -d' ' -f1 <<<"${c16[berth]}")
     b64=$(cut -d' ' -f1 <<<"${c64[berth]}")
     ge "$(ratio "$b_bulk" "$d_bulk")" $GOAL_BULK || misses+=("throughput $(ratio "$b_bulk" "$d_bulk")x < ${GOAL_BULK}x")
@@ -353,7 +438,7 @@ main() {
     ge "$(ratio "$b64" "$d64")" $GOAL_RPS || misses+=("c64 req/s $(ratio "$b64" "$d64")x < ${GOAL_RPS}x")
     for p in $PATHS; do
         [[ $p == direct || $p == berth ]] && continue
-        gt "$b_bulk" "${gbit[$p]}" || misses+=("$p ahead on throughput")
+        gt "$b_bulk" "$(cut -d' ' -f1 <<<"${gbit[$p]}")" || misses+=("$p ahead on throughput")
         gt "$b16" "$(cut -d' ' -f1 <<<"${c16[$p]}")" || misses+=("$p ahead at c16")
         gt "$b64" "$(cut -d' ' -f1 <<<"${c64[$p]}")" || misses+=("$p ahead at c64")
     done
