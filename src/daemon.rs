@@ -98,6 +98,10 @@ pub async fn run(
     // A broken config.toml stops the daemon with its location; services keep running.
     let config = crate::config::Config::load(&paths.etc().join("config.toml"))?;
     let _lock = take_lock(&paths)?;
+    match crate::sys::raise_nofile(65536) {
+        Ok(n) => tracing::debug!(limit = n, "open files limit"),
+        Err(err) => warn!(%err, "cannot raise the open files limit; busy ports may run out"),
+    }
     let socket = PodmanClient::default_socket().ok_or(DaemonError::NoPodman)?;
     let podman = PodmanClient::new(socket);
     let systemd = UserManager::connect().await?;

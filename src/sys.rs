@@ -147,3 +147,28 @@ fn notify_with_fds(msg: &str, fds: &[std::os::fd::BorrowedFd<'_>]) -> std::io::R
     }
     Ok(true)
 }
+
+/// Raises the soft limit of open files to the hard limit (at most `want`): every proxied
+/// connection holds two descriptors, and user managers often start services with a soft
+/// limit of 1024. Returns the new soft limit.
+#[allow(unsafe_code)]
+pub fn raise_nofile(want: u64) -> std::io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let target = lim.rlim_max.min(want as libc::rlim_t);
+    if target > lim.rlim_cur {
+        lim.rlim_cur = target;
+        // SAFETY: setrlimit reads the struct we own; raising the soft limit up to the hard
+        // limit needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(lim.rlim_cur as u64)
+}
