@@ -170,5 +170,7 @@ pub fn raise_nofile(want: u64) -> std::io::Result<u64> {
             return Err(std::io::Error::last_os_error());
         }
     }
+    // rlim_t is u64 here but not on every target.
+    #[allow(clippy::unnecessary_cast)]
     Ok(lim.rlim_cur as u64)
 }

@@ -427,32 +427,12 @@ fn berths_own_unit_starts_as_a_notify_service() {
         return;
     };
     let w = World::new(&[]);
-    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/units/berth.service"))
-        .expect("units/berth.service");
-    let bin = berth_bin();
-    let unit = unit
-        .replace("/usr/local/bin/berth", path_str(&bin))
-        .replace(
-            "Environment=BERTH_LOG=info",
-            &format!(
-                "Environment=BERTH_LOG=info BERTH_ETC_DIR={} XDG_STATE_HOME={} BERTH_SOCKET={}",
-                path_str(&w.etc()),
-                path_str(&w.dir.path().join("state")),
-                path_str(&w.socket())
-            ),
-        );
-    let name = "it-berthd.service";
-    let path = unit_file(name);
-    std::fs::create_dir_all(path.parent().expect("dir")).expect("unit dir");
-    std::fs::write(&path, unit).expect("write unit");
-    systemctl(&["daemon-reload"]);
+    let unit = DaemonUnit::install(&w, "it-berthd.service");
     // `start` returns only after READY=1 arrives (Type=notify).
-    let o = systemctl(&["start", name]);
+    let o = systemctl(&["start", unit.name]);
     let answered = w.berth(&["info", "--json"]);
-    let state = unit_active(name);
-    let _stop = systemctl(&["stop", name]);
-    std::fs::remove_file(&path).expect("remove unit");
-    systemctl(&["daemon-reload"]);
+    let state = unit_active(unit.name);
+    drop(unit);
     assert!(o.status.success(), "start failed: {}", text(&o));
     assert_eq!(state, "active");
     assert!(

@@ -91,32 +91,8 @@ fn clients_connecting_during_a_restart_of_berth_are_served() {
     };
     let w = World::new(&["it-rs"]);
     w.catalog_file("it-rs.toml", &web_service("it-rs", 18197));
-    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/units/berth.service"))
-        .expect("unit");
-    let unit = unit
-        .replace("/usr/local/bin/berth", path_str(&berth_bin()))
-        .replace(
-            "Environment=BERTH_LOG=info",
-            &format!(
-                "Environment=BERTH_LOG=info BERTH_ETC_DIR={} XDG_STATE_HOME={} BERTH_SOCKET={}",
-                path_str(&w.etc()),
-                path_str(&w.dir.path().join("state")),
-                path_str(&w.socket())
-            ),
-        );
-    let name = "it-berthd-rs.service";
-    let path = unit_file(name);
-    std::fs::write(&path, unit).expect("write unit");
-    systemctl(&["daemon-reload"]);
-    struct Cleanup(std::path::PathBuf, &'static str);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _stop = systemctl(&["stop", self.1]);
-            let _rm = std::fs::remove_file(&self.0);
-            let _reload = systemctl(&["daemon-reload"]);
-        }
-    }
-    let _cleanup = Cleanup(path, name);
+    let unit = DaemonUnit::install(&w, "it-berthd-rs.service");
+    let name = unit.name;
     let o = systemctl(&["start", name]);
     assert!(o.status.success(), "{}", text(&o));
     w.ok(&["enable", "it-rs"]);

@@ -355,3 +355,42 @@ pub fn backend_port(container: &str, container_port: u16) -> Option<u16> {
     );
     inspect(container, &fmt).and_then(|p| p.parse().ok())
 }
+
+/// berth's own unit (units/berth.service) installed under another name, running the binary
+/// under test with this world's directories; stopped and removed on drop.
+pub struct DaemonUnit {
+    pub name: &'static str,
+    path: PathBuf,
+}
+
+impl DaemonUnit {
+    pub fn install(w: &World, name: &'static str) -> DaemonUnit {
+        let unit =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/units/berth.service"))
+                .expect("units/berth.service");
+        let unit = unit
+            .replace("/usr/local/bin/berth", path_str(&berth_bin()))
+            .replace(
+                "Environment=BERTH_LOG=info",
+                &format!(
+                    "Environment=BERTH_LOG=info BERTH_ETC_DIR={} XDG_STATE_HOME={} BERTH_SOCKET={}",
+                    path_str(&w.etc()),
+                    path_str(&w.dir.path().join("state")),
+                    path_str(&w.socket())
+                ),
+            );
+        let path = unit_file(name);
+        std::fs::create_dir_all(path.parent().expect("unit dir")).expect("unit dir");
+        std::fs::write(&path, unit).expect("write unit");
+        systemctl(&["daemon-reload"]);
+        DaemonUnit { name, path }
+    }
+}
+
+impl Drop for DaemonUnit {
+    fn drop(&mut self) {
+        let _stop = systemctl(&["stop", self.name]);
+        let _rm = std::fs::remove_file(&self.path);
+        let _reload = systemctl(&["daemon-reload"]);
+    }
+}
