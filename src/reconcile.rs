@@ -855,6 +855,16 @@ where
         for st in &mut out {
             let entry = self.since.entry(st.name.clone()).or_insert((st.state, now));
             if entry.0 != st.state {
+                // One structured event per transition: under systemd these become journald
+                // fields BERTH_SERVICE, BERTH_UNIT, BERTH_STATE for Loki/Promtail to label.
+                info!(
+                    service = %st.name,
+                    unit = %st.unit,
+                    state = st.state.as_str(),
+                    from = entry.0.as_str(),
+                    reason = st.reason.as_deref().unwrap_or(""),
+                    "service state changed"
+                );
                 *entry = (st.state, now);
             }
             st.since = Some(entry.1);
