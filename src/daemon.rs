@@ -150,10 +150,13 @@ pub async fn run(
         let token_file = config.metrics.bearer_token_file.clone();
         crate::metrics::spawn_tcp(addr, token_file, handle.snapshots());
     }
-    // [push] cloud health reports. Kept until the daemon ends; `_push.stats()` has its counters.
+    // [push] cloud health reports. Kept until the daemon ends; its counters go to /metrics.
     let _push = config.push.as_ref().and_then(|p| {
         match crate::push::spawn(crate::push::Settings::new(p, &paths), handle.snapshots()) {
-            Ok(pusher) => Some(pusher),
+            Ok(pusher) => {
+                crate::metrics::register_push(pusher.stats());
+                Some(pusher)
+            }
             Err(err) => {
                 let cause = crate::reconcile::source_chain(&err);
                 warn!(%err, %cause, "cloud health push is off");

@@ -273,6 +273,53 @@ pub fn encode_with(snap: &Snapshot, extra: &[&Registry]) -> String {
 /// only read here.
 static PROXY: std::sync::OnceLock<Arc<crate::proxy::ports::Shared>> = std::sync::OnceLock::new();
 
+/// The cloud push's counters, registered once by the daemon when a push is configured.
+static PUSH: std::sync::OnceLock<Arc<crate::push::PushStats>> = std::sync::OnceLock::new();
+
+/// Adds the cloud push's counters to every scrape from now on.
+pub fn register_push(stats: Arc<crate::push::PushStats>) {
+    if PUSH.set(stats).is_err() {
+        tracing::debug!("push counters were already registered");
+    }
+}
+
+/// The cloud push's counters as metric families.
+pub fn push_registry(c: crate::push::PushCounters) -> Registry {
+    let mut r = Registry::default();
+    r.register(
+        "berth_push_spooled_reports",
+        "Health reports waiting in the spool for the receiver",
+        ConstGauge::new(c.spooled as i64),
+    );
+    r.register(
+        "berth_push_reports",
+        "Health reports made since the daemon started",
+        ConstCounter::new(c.reports_total),
+    );
+    r.register(
+        "berth_push_delivered",
+        "Health reports the receiver accepted since the daemon started",
+        ConstCounter::new(c.delivered_total),
+    );
+    r.register(
+        "berth_push_failed_attempts",
+        "Deliveries that failed (no connection, timeout, non-2xx) since the daemon started",
+        ConstCounter::new(c.failed_attempts_total),
+    );
+    r.register(
+        "berth_push_dropped",
+        "Reports dropped unsent to keep the spool bounded, since the daemon started",
+        ConstCounter::new(c.dropped_total),
+    );
+    r.register_with_unit(
+        "berth_push_last_delivery_timestamp",
+        "Unix time of the last accepted delivery; 0 before the first",
+        Unit::Seconds,
+        ConstGauge::new(c.last_delivery_unix as i64),
+    );
+    r
+}
+
 /// Adds the proxy's per-port counters to every scrape from now on.
 pub fn register_proxy(shared: Arc<crate::proxy::ports::Shared>) {
     if PROXY.set(shared).is_err() {
@@ -286,10 +333,15 @@ fn render(snapshots: &Snapshots) -> Response {
     let snap = snapshots.borrow().clone();
     match snap {
         Some(snap) => {
-            let body = match PROXY.get() {
-                Some(p) => encode_with(&snap, &[&crate::proxy::ports::registry(p)]),
-                None => encode(&snap),
-            };
+            let mut extra = Vec::new();
+            if let Some(p) = PROXY.get() {
+                extra.push(crate::proxy::ports::registry(p));
+            }
+            if let Some(p) = PUSH.get() {
+                extra.push(push_registry(p.counters()));
+            }
+            let refs: Vec<&Registry> = extra.iter().collect();
+            let body = encode_with(&snap, &refs);
             ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response()
         }
         None => (
@@ -948,5 +1000,32 @@ mod tests {
             .expect_err("address in use");
         assert!(err.to_string().contains(&addr.to_string()), "{err}");
         assert!(matches!(err, MetricsError::Bind { .. }));
+    }
+
+    #[test]
+    fn push_counters_are_exposed() {
+        let c = crate::push::PushCounters {
+            spooled: 3,
+            reports_total: 10,
+            delivered_total: 7,
+            failed_attempts_total: 4,
+            dropped_total: 0,
+            last_delivery_unix: 1_795_650_000,
+        };
+        let mut out = String::new();
+        text::encode_registry(&mut out, &push_registry(c)).expect("encode");
+        for line in [
+            "berth_push_spooled_reports 3",
+            "berth_push_reports_total 10",
+            "berth_push_delivered_total 7",
+            "berth_push_failed_attempts_total 4",
+            "berth_push_dropped_total 0",
+            "berth_push_last_delivery_timestamp_seconds 1795650000",
+        ] {
+            assert!(
+                out.lines().any(|l| l == line),
+                "missing {line:?} in:\n{out}"
+            );
+        }
     }
 }
