@@ -171,6 +171,9 @@ pub struct ContainerInspect {
     pub restart_count: i64,
     /// Published TCP ports: container port → host port (containers of a pod see the pod's).
     pub ports: BTreeMap<u16, u16>,
+    /// `State.Pid`: the container's first process on the host, 0 when not running. Its
+    /// `/proc/PID/net/tcp` shows the container's own sockets.
+    pub pid: u32,
 }
 
 /// The real client. Cheap to clone; clones share the connector.
@@ -758,6 +761,8 @@ struct RawState {
     exit_code: i64,
     #[serde(rename = "Error", deserialize_with = "null_default")]
     error: String,
+    #[serde(rename = "Pid", deserialize_with = "null_default")]
+    pid: i64,
     /// Podman 4.0 and later.
     #[serde(rename = "Health")]
     health: Option<RawHealth>,
@@ -832,6 +837,7 @@ impl From<RawInspect> for ContainerInspect {
             last_health_output,
             labels: raw.config.labels,
             restart_count: raw.restart_count,
+            pid: u32::try_from(raw.state.pid).unwrap_or(0),
             ports: raw
                 .network
                 .ports

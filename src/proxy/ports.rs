@@ -400,7 +400,12 @@ async fn connection<P: Podman, E: Engine>(
         .map_err(|e| e.to_string())
 }
 
-async fn resolve<P: Podman>(spec: &PortSpec, podman: &P, shared: &Shared) -> Option<SocketAddr> {
+/// The published address of the service's port and the container's pid.
+async fn resolve<P: Podman>(
+    spec: &PortSpec,
+    podman: &P,
+    shared: &Shared,
+) -> Option<(SocketAddr, u32)> {
     let inspect = podman.inspect(&spec.container).await.ok().flatten()?;
     if !inspect.running {
         return None;
@@ -411,7 +416,25 @@ async fn resolve<P: Podman>(spec: &PortSpec, podman: &P, shared: &Shared) -> Opt
         (spec.service.clone(), spec.container_port),
         (addr, Instant::now()),
     );
-    Some(addr)
+    Some((addr, inspect.pid))
+}
+
+/// Whether the application inside the container listens on `port`, read from its network
+/// namespace (`/proc/PID/net/tcp{,6}`); `None` when that cannot be read.
+fn listening_inside(pid: u32, port: u16) -> Option<bool> {
+    if pid == 0 {
+        return None;
+    }
+    let mut readable = false;
+    for table in ["tcp", "tcp6"] {
+        if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) {
+            readable = true;
+            if super::owner::listening_inode(&text, port).is_some() {
+                return Some(true);
+            }
+        }
+    }
+    readable.then_some(false)
 }
 
 /// Whether something behind `addr` really serves: Podman's port forwarder accepts even while
@@ -443,8 +466,14 @@ async fn cold_backend<P: Podman, E: Engine>(
     };
     let mut demanded = false;
     loop {
-        if let Some(addr) = resolve(spec, podman, shared).await {
-            if answers(addr).await {
+        if let Some((addr, pid)) = resolve(spec, podman, shared).await {
+            // Ask the container's own socket table; only where that is unreadable, fall back
+            // to watching how the port forwarder treats a connection.
+            let ready = match listening_inside(pid, spec.container_port) {
+                Some(listening) => listening,
+                None => answers(addr).await,
+            };
+            if ready {
                 if demanded {
                     let stats = shared.demand_stats(&spec.service);
                     let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -621,4 +650,19 @@ pub fn registry(shared: &Shared) -> prometheus_client::registry::Registry {
         ),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_listening_state_from_a_process_network_namespace() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        assert_eq!(listening_inside(std::process::id(), port), Some(true));
+        drop(l);
+        assert_eq!(listening_inside(std::process::id(), port), Some(false));
+        assert_eq!(listening_inside(0, port), None, "no pid, no answer");
+    }
 }
