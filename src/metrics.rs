@@ -101,6 +101,89 @@ impl<V: EncodeGaugeValue + std::fmt::Debug> EncodeMetric for Gauges<V> {
     }
 }
 
+/// A counter family whose series come out in the order they were added (see [`Gauges`]).
+#[derive(Debug)]
+struct Counters(Vec<(Labels, u64)>);
+
+impl EncodeMetric for Counters {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (labels, value) in &self.0 {
+            encoder
+                .encode_family(labels)?
+                .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(value, None)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The proxy's counters: per stable port and per on-demand service.
+pub fn proxy_registry(shared: &crate::proxy::ports::Shared) -> Registry {
+    use std::sync::atomic::Ordering::Relaxed;
+    let ports = shared.port_counters();
+    let port = |p: u16, s: &str| vec![("service", s.to_string()), ("port", p.to_string())];
+    let per_port = |f: &dyn Fn(&crate::proxy::forward::Counters) -> u64| {
+        Counters(ports.iter().map(|(p, s, c)| (port(*p, s), f(c))).collect())
+    };
+    let mut r = Registry::default();
+    r.register(
+        "berth_proxy_connections",
+        "Connections accepted on a stable port",
+        per_port(&|c| c.connections_total.load(Relaxed)),
+    );
+    r.register(
+        "berth_proxy_bytes_in",
+        "Bytes forwarded from clients to the service",
+        per_port(&|c| c.bytes_in.load(Relaxed)),
+    );
+    r.register(
+        "berth_proxy_bytes_out",
+        "Bytes forwarded from the service to clients",
+        per_port(&|c| c.bytes_out.load(Relaxed)),
+    );
+    r.register(
+        "berth_proxy_active_connections",
+        "Connections open now on a stable port",
+        Gauges(
+            ports
+                .iter()
+                .map(|(p, s, c)| (port(*p, s), c.active.load(Relaxed)))
+                .collect(),
+        ),
+    );
+    let demand = shared.demand_counters();
+    let svc = |s: &str| vec![("service", s.to_string())];
+    r.register(
+        "berth_on_demand_starts",
+        "Starts of an on-demand service caused by a connection",
+        Counters(
+            demand
+                .iter()
+                .map(|(s, d)| (svc(s), d.starts.load(Relaxed)))
+                .collect(),
+        ),
+    );
+    r.register_with_unit(
+        "berth_on_demand_start_last",
+        "Time from the first connection to a ready backend, last on-demand start",
+        Unit::Seconds,
+        Gauges(
+            demand
+                .iter()
+                .map(|(s, d)| (svc(s), d.wait_us_last.load(Relaxed) as f64 / 1e6))
+                .collect(),
+        ),
+    );
+    r
+}
+
 fn service(s: &ServiceStatus) -> Labels {
     vec![("service", s.name.clone())]
 }
@@ -335,7 +418,7 @@ fn render(snapshots: &Snapshots) -> Response {
         Some(snap) => {
             let mut extra = Vec::new();
             if let Some(p) = PROXY.get() {
-                extra.push(crate::proxy::ports::registry(p));
+                extra.push(proxy_registry(p));
             }
             if let Some(p) = PUSH.get() {
                 extra.push(push_registry(p.counters()));

@@ -320,14 +320,20 @@ where
         }
     }
 
-    fn desired(&self) -> Desired {
+    /// The user's choice as policy lets it stand: a denied service is off.
+    fn choice(&self, name: &str) -> Choice {
         let policy = &self.catalog.policy;
+        if policy.denied_services.iter().any(|d| d == name) {
+            Choice::Off
+        } else {
+            self.state.choice(name, &policy.default_enabled)
+        }
+    }
+
+    fn desired(&self) -> Desired {
         let mut services = BTreeMap::new();
         for (name, svc) in &self.catalog.services {
-            let mut choice = self.state.choice(name, &policy.default_enabled);
-            if policy.denied_services.contains(name) {
-                choice = Choice::Off;
-            }
+            let mut choice = self.choice(name);
             // An on-demand service runs only between a connection and its idle stop.
             if svc.on_demand && choice == Choice::On && !self.awake.contains(name) {
                 choice = Choice::Stopped;
@@ -604,7 +610,7 @@ where
                         text.push_str(&format!("{k}={}\n", substitute(v, &secrets)));
                     }
                 }
-                self.write_private(&self.paths.in_home(&rel), &text)?;
+                self.write_file(&self.paths.in_home(&rel), &text, 0o600)?;
             }
             for (i, f) in ctr.files.iter().enumerate() {
                 let path = self.paths.in_home(&units::file_mount_path(svc, ctr, i));
@@ -616,10 +622,6 @@ where
             }
         }
         Ok(())
-    }
-
-    fn write_private(&mut self, path: &std::path::Path, text: &str) -> Result<(), String> {
-        self.write_file(path, text, 0o600)
     }
 
     fn write_file(&mut self, path: &std::path::Path, text: &str, mode: u32) -> Result<(), String> {
@@ -717,11 +719,7 @@ where
             if only.is_some_and(|o| o != name) {
                 continue;
             }
-            let choice = if catalog.policy.denied_services.contains(name) {
-                Choice::Off
-            } else {
-                self.state.choice(name, &catalog.policy.default_enabled)
-            };
+            let choice = self.choice(name);
             let main = units::main_unit(name);
             let ustate = units.get(&main);
             let mut containers = Vec::new();
@@ -801,13 +799,7 @@ where
             }
             // What the last pass could not do, or a stable port berth cannot serve, outranks
             // the coarse reason.
-            let bind_error = self
-                .proxy
-                .bind_errors
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(name)
-                .cloned();
+            let bind_error = self.proxy.bind_error(name);
             if let Some(e) = self.apply_errors.get(name) {
                 reason = Some(e.clone());
                 if state == State::Waiting {
@@ -875,12 +867,9 @@ where
     /// Tells the proxy which stable ports to serve: every port of every service the user
     /// wants (on-demand ones included, whether running or not).
     fn publish_specs(&self) {
-        let policy = &self.catalog.policy;
         let mut specs = Vec::new();
         for (name, svc) in &self.catalog.services {
-            let wanted = self.state.choice(name, &policy.default_enabled) == Choice::On
-                && !policy.denied_services.contains(name);
-            if !wanted {
+            if self.choice(name) != Choice::On {
                 continue;
             }
             for ctr in &svc.containers {

@@ -311,16 +311,7 @@ fn reports_spool_while_the_receiver_is_down_and_arrive_in_order_when_it_returns(
 
     // The push's counters reach /metrics.
     let delivered = wait_for(Duration::from_secs(15), || {
-        let o = run(
-            "curl",
-            &[
-                "-sS",
-                "--unix-socket",
-                path_str(&w.socket()),
-                "http://localhost/metrics",
-            ],
-        );
-        let m = text(&o);
+        let m = w.metrics();
         m.lines()
             .find(|l| l.starts_with("berth_push_delivered_total "))
             .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())

@@ -95,9 +95,9 @@ pub struct Shared {
     /// sockets systemd holds) and open connections get time to finish.
     stop: watch::Sender<bool>,
     /// Why a service's port could not be served (e.g. taken by another program).
-    pub bind_errors: Mutex<BTreeMap<String, String>>,
-    pub counters: Mutex<BTreeMap<u16, (String, Arc<Counters>)>>,
-    pub demand: Mutex<BTreeMap<String, Arc<DemandStats>>>,
+    bind_errors: Mutex<BTreeMap<String, String>>,
+    counters: Mutex<BTreeMap<u16, (String, Arc<Counters>)>>,
+    demand: Mutex<BTreeMap<String, Arc<DemandStats>>>,
     backends: Mutex<BTreeMap<(String, u16), (SocketAddr, Instant)>>,
     activity: Mutex<BTreeMap<String, Arc<Activity>>>,
 }
@@ -146,6 +146,27 @@ impl Shared {
             .get(&(service.to_string(), container_port))
             .filter(|(_, at)| at.elapsed() < BACKEND_TTL)
             .map(|(a, _)| *a)
+    }
+
+    /// Why the service's stable port cannot be served, if it cannot.
+    pub fn bind_error(&self, service: &str) -> Option<String> {
+        lock(&self.bind_errors).get(service).cloned()
+    }
+
+    /// Counters of every stable port served: (port, service, counters).
+    pub fn port_counters(&self) -> Vec<(u16, String, Arc<Counters>)> {
+        lock(&self.counters)
+            .iter()
+            .map(|(p, (s, c))| (*p, s.clone(), c.clone()))
+            .collect()
+    }
+
+    /// Start-on-demand figures of every service started by a connection.
+    pub fn demand_counters(&self) -> Vec<(String, Arc<DemandStats>)> {
+        lock(&self.demand)
+            .iter()
+            .map(|(s, d)| (s.clone(), d.clone()))
+            .collect()
     }
 
     fn activity(&self, service: &str) -> Arc<Activity> {
@@ -528,128 +549,6 @@ async fn idle_watch<E: Engine>(
             }
         }
     }
-}
-
-/// A counter family whose series follow the order they were added (rebuilt per scrape).
-#[derive(Debug)]
-struct CounterFamily(Vec<(Vec<(&'static str, String)>, u64)>);
-
-impl prometheus_client::encoding::EncodeMetric for CounterFamily {
-    fn encode(
-        &self,
-        mut encoder: prometheus_client::encoding::MetricEncoder,
-    ) -> Result<(), std::fmt::Error> {
-        for (labels, value) in &self.0 {
-            encoder
-                .encode_family(labels)?
-                .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(value, None)?;
-        }
-        Ok(())
-    }
-
-    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
-        prometheus_client::metrics::MetricType::Counter
-    }
-}
-
-#[derive(Debug)]
-struct GaugeFamily(Vec<(Vec<(&'static str, String)>, f64)>);
-
-impl prometheus_client::encoding::EncodeMetric for GaugeFamily {
-    fn encode(
-        &self,
-        mut encoder: prometheus_client::encoding::MetricEncoder,
-    ) -> Result<(), std::fmt::Error> {
-        for (labels, value) in &self.0 {
-            encoder.encode_family(labels)?.encode_gauge(value)?;
-        }
-        Ok(())
-    }
-
-    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
-        prometheus_client::metrics::MetricType::Gauge
-    }
-}
-
-/// The proxy's counters as metric families: per stable port and per on-demand service.
-pub fn registry(shared: &Shared) -> prometheus_client::registry::Registry {
-    let mut r = prometheus_client::registry::Registry::default();
-    let ports: Vec<(u16, String, Arc<Counters>)> = lock(&shared.counters)
-        .iter()
-        .map(|(p, (s, c))| (*p, s.clone(), c.clone()))
-        .collect();
-    let labels = |port: u16, service: &str| {
-        vec![("service", service.to_string()), ("port", port.to_string())]
-    };
-    let family = |f: &dyn Fn(&Counters) -> u64| {
-        CounterFamily(
-            ports
-                .iter()
-                .map(|(p, s, c)| (labels(*p, s), f(c)))
-                .collect(),
-        )
-    };
-    r.register(
-        "berth_proxy_connections",
-        "Connections accepted on a stable port",
-        family(&|c| c.connections_total.load(Ordering::Relaxed)),
-    );
-    r.register(
-        "berth_proxy_bytes_in",
-        "Bytes forwarded from clients to the service",
-        family(&|c| c.bytes_in.load(Ordering::Relaxed)),
-    );
-    r.register(
-        "berth_proxy_bytes_out",
-        "Bytes forwarded from the service to clients",
-        family(&|c| c.bytes_out.load(Ordering::Relaxed)),
-    );
-    r.register(
-        "berth_proxy_active_connections",
-        "Connections open now on a stable port",
-        GaugeFamily(
-            ports
-                .iter()
-                .map(|(p, s, c)| (labels(*p, s), c.active.load(Ordering::Relaxed) as f64))
-                .collect(),
-        ),
-    );
-    let demand: Vec<(String, Arc<DemandStats>)> = lock(&shared.demand)
-        .iter()
-        .map(|(s, d)| (s.clone(), d.clone()))
-        .collect();
-    r.register(
-        "berth_on_demand_starts",
-        "Starts of an on-demand service caused by a connection",
-        CounterFamily(
-            demand
-                .iter()
-                .map(|(s, d)| {
-                    (
-                        vec![("service", s.clone())],
-                        d.starts.load(Ordering::Relaxed),
-                    )
-                })
-                .collect(),
-        ),
-    );
-    r.register_with_unit(
-        "berth_on_demand_start_last",
-        "Time from the first connection to a ready backend, last on-demand start",
-        prometheus_client::registry::Unit::Seconds,
-        GaugeFamily(
-            demand
-                .iter()
-                .map(|(s, d)| {
-                    (
-                        vec![("service", s.clone())],
-                        d.wait_us_last.load(Ordering::Relaxed) as f64 / 1e6,
-                    )
-                })
-                .collect(),
-        ),
-    );
-    r
 }
 
 #[cfg(test)]

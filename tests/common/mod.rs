@@ -258,6 +258,20 @@ impl World {
         serde_json::from_str(&self.ok(&["info", "--json"])).expect("info json")
     }
 
+    /// The daemon's `/metrics` text, read over the API socket.
+    pub fn metrics(&self) -> String {
+        let o = run(
+            "curl",
+            &[
+                "-sS",
+                "--unix-socket",
+                path_str(&self.socket()),
+                "http://localhost/metrics",
+            ],
+        );
+        text(&o)
+    }
+
     pub fn status(&self, name: &str) -> serde_json::Value {
         serde_json::from_str(&self.ok(&["status", name, "--json"])).expect("status json")
     }
