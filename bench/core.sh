@@ -74,25 +74,17 @@ stats() {
 us_to_ms() { awk -v u="$1" 'BEGIN { printf "%.3f", u / 1000 }'; }
 
 inner() {
-    # Global, not local: the EXIT trap that cleans up runs after this function returned.
-    bin=$1
-    [[ -x "$bin" ]] || die "no berth binary at $bin"
-    [[ -n "${XDG_RUNTIME_DIR:-}" ]] || die "XDG_RUNTIME_DIR is not set: this needs a user session"
+    bench_daemon_init "$1"
     local runs=${BERTH_BENCH_RUNS:-100} idle=${BERTH_BENCH_IDLE:-10}
     local -a daemon_env=()
     read -r -a daemon_env <<<"${BERTH_BENCH_DAEMON_ENV:-}"
 
     podman image exists "$IMAGE" || die "image $IMAGE is missing (scripts/test-env builds it)"
+    # Global, not local: the EXIT trap that cleans up runs after this function returned.
     unit_dir=${XDG_DATA_HOME:-$HOME/.local/share}/systemd/user
-
-    work=$(mktemp -d -t berth-bench.XXXXXX)
-    daemon_pid=""
-    mkdir -p "$work/etc/catalog.d" "$work/state"
+    work=$bench_work
     sock=$work/api.sock
-    b() {
-        env BERTH_ETC_DIR="$work/etc" XDG_STATE_HOME="$work/state" BERTH_SOCKET="$sock" \
-            timeout 120 "$bin" "$@"
-    }
+    bin=$bench_bin
 
     names=()
     local i
@@ -100,7 +92,6 @@ inner() {
         names+=("$(svc_name "$i")")
     done
 
-    # Units of an earlier, interrupted run would make the first pass differ.
     scrub() {
         local n removed=0
         for n in "${names[@]}"; do
@@ -120,27 +111,15 @@ inner() {
         trap - EXIT INT TERM
         set +e
         log "cleaning up"
-        if [[ -n "$daemon_pid" ]] && kill -0 "$daemon_pid" 2>/dev/null; then
+        if bench_daemon_running; then
             for n in "${names[@]}"; do
                 b disable "$n" >/dev/null 2>&1 || echo "bench/core.sh: disable $n failed" >&2
             done
-            kill -TERM "$daemon_pid" 2>/dev/null || true
-            for ((i = 0; i < 50; i++)); do
-                kill -0 "$daemon_pid" 2>/dev/null || break
-                sleep 0.1
-            done
-            if kill -0 "$daemon_pid" 2>/dev/null; then
-                echo "bench/core.sh: the daemon ignored SIGTERM for 5 s; killing it" >&2
-                kill -KILL "$daemon_pid"
-            fi
+            bench_daemon_stop
         fi
         # Whatever the daemon did not undo (it died, or disable failed).
         scrub
-        if ((rc != 0)) && [[ -f "$work/daemon.log" ]]; then
-            echo "--- last lines of the daemon log:" >&2
-            tail -n 30 "$work/daemon.log" >&2 || true
-        fi
-        rm -rf "$work"
+        bench_daemon_finish "$rc"
         exit "$rc"
     }
     trap cleanup EXIT
@@ -151,47 +130,8 @@ inner() {
     for ((i = 1; i <= N_SERVICES; i++)); do
         catalog_file "$(svc_name "$i")" $((PORT_BASE + i - 1)) >"$work/etc/catalog.d/$(svc_name "$i").toml"
     done
-
-    # berth allows one daemon per user: wait (bounded) for another one to go away, such as
-    # that of an integration test running at the same time.
-    local deadline=$((SECONDS + 90)) launcher waited=0
-    log "starting berth daemon ($bin)"
-    while :; do
-        rm -f "$work/daemon.pid"
-        # The shell writes its own PID and then becomes the daemon: that PID is the daemon's.
-        # shellcheck disable=SC2016 # expanded by that inner shell
-        env BERTH_ETC_DIR="$work/etc" XDG_STATE_HOME="$work/state" BERTH_SOCKET="$sock" \
-            "${daemon_env[@]}" sh -c 'echo $$ >"$1"; shift; exec "$@"' sh "$work/daemon.pid" \
-            "$bin" daemon >"$work/daemon.log" 2>&1 </dev/null &
-        launcher=$!
-        until [[ -s "$work/daemon.pid" ]]; do
-            if ! kill -0 "$launcher" 2>/dev/null; then
-                [[ -s "$work/daemon.pid" ]] || die "the daemon did not start: $(tail -n 5 "$work/daemon.log")"
-                break
-            fi
-            sleep 0.05
-        done
-        daemon_pid=$(<"$work/daemon.pid")
-        until b info >/dev/null 2>&1; do
-            kill -0 "$daemon_pid" 2>/dev/null || break
-            ((SECONDS < deadline)) || die "the daemon did not answer within 90 s"
-            sleep 0.1
-        done
-        kill -0 "$daemon_pid" 2>/dev/null && break
-        wait "$launcher" || true
-        daemon_pid=""
-        if grep -q "another berth daemon" "$work/daemon.log" && ((SECONDS < deadline)); then
-            ((waited)) || log "another berth daemon of $(id -un) is running; waiting up to 90 s" \
-                "for it to stop (stop yours with: systemctl --user stop berth)"
-            waited=1
-            sleep 5
-            continue
-        fi
-        die "the daemon exited: $(tail -n 5 "$work/daemon.log")"
-    done
-    local info_pid
-    info_pid=$(b info --json | sed -n 's/^ *"pid": *\([0-9]*\).*/\1/p')
-    [[ "$info_pid" == "$daemon_pid" ]] || die "the daemon says pid ${info_pid:-?}, expected $daemon_pid"
+    bench_daemon_start "${daemon_env[@]}"
+    daemon_pid=$bench_daemon_pid
 
     log "enabling ${#names[@]} services"
     local t0=$SECONDS n
@@ -334,6 +274,8 @@ inner() {
 }
 
 if [[ "${1:-}" == --inner ]]; then
+    # shellcheck source=bench/lib.sh
+    . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
     inner "${2:?--inner BERTH_BINARY}"
     exit 0
 fi
@@ -370,7 +312,9 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 cp target/release/berth "$stage/berth"
 cp "$repo/bench/core.sh" "$stage/core.sh"
+cp "$repo/bench/lib.sh" "$stage/lib.sh"
 chmod 0755 "$stage" "$stage/berth" "$stage/core.sh"
+chmod 0644 "$stage/lib.sh"
 
 pass_env=("BERTH_BENCH_REV=$(git -C "$repo" describe --always --dirty 2>/dev/null || echo unknown)")
 for v in BERTH_BENCH_RUNS BERTH_BENCH_IDLE BERTH_BENCH_DAEMON_ENV; do

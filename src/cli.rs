@@ -107,6 +107,10 @@ pub enum Cmd {
         #[arg(long)]
         to: std::net::SocketAddr,
     },
+    /// Internal: the daemon's helper inside a container's network namespace (see
+    /// `proxy::netns`). Serves the socket pair on stdin.
+    #[command(hide = true, name = "netns-sockets")]
+    NetnsSockets,
 }
 
 #[derive(Debug, Subcommand)]
@@ -233,6 +237,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Cmd::Catalog {
             command: CatalogCmd::Validate { paths, alone },
         } => validate(&paths, alone),
+        Cmd::NetnsSockets => crate::proxy::netns::serve_helper().context("netns-sockets helper"),
         Cmd::Forward { listen, to } => crate::proxy::forward::run_forward(listen, to)
             .await
             .with_context(|| format!("forward {listen} to {to}")),

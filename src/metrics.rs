@@ -149,6 +149,11 @@ pub fn proxy_registry(shared: &crate::proxy::ports::Shared) -> Registry {
         per_port(&|c| c.bytes_out.load(Relaxed)),
     );
     r.register(
+        "berth_proxy_inside_connections",
+        "Connections forwarded straight into the container's network namespace, not through Podman's port forwarder",
+        per_port(&|c| c.inside_total.load(Relaxed)),
+    );
+    r.register(
         "berth_proxy_active_connections",
         "Connections open now on a stable port",
         Gauges(

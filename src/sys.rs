@@ -174,3 +174,14 @@ pub fn raise_nofile(want: u64) -> std::io::Result<u64> {
     #[allow(clippy::unnecessary_cast)]
     Ok(lim.rlim_cur as u64)
 }
+
+/// Restores the default action of SIGPIPE (Rust ignores it): a CLI whose output goes into a
+/// pipe that closed early (`berth ls | head -1`) ends quietly instead of panicking on the
+/// failed write. Not for the daemon, whose sockets must report EPIPE as an error.
+#[allow(unsafe_code)]
+pub fn default_sigpipe() {
+    // SAFETY: signal(2) with SIG_DFL installs no handler; called before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}

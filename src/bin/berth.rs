@@ -5,6 +5,11 @@ use clap::Parser as _;
 fn main() -> std::process::ExitCode {
     let cli = berth::cli::Cli::parse();
     let daemon = matches!(cli.command, berth::cli::Cmd::Daemon);
+    // Commands that serve sockets keep SIGPIPE ignored; the others write to a terminal or pipe.
+    let serves = daemon || matches!(cli.command, berth::cli::Cmd::Forward { .. });
+    if !serves {
+        berth::sys::default_sigpipe();
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(if daemon { "info" } else { "warn" })
     });

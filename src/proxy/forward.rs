@@ -34,6 +34,9 @@ pub struct Counters {
     pub bytes_in: AtomicU64,
     /// Bytes delivered backend → client.
     pub bytes_out: AtomicU64,
+    /// Backend connections made inside the container's network namespace, bypassing Podman's
+    /// port forwarder (the rest went to the published port).
+    pub inside_total: AtomicU64,
 }
 
 /// Decrements `active` however [`pipe`] ends, also when its task is dropped.

@@ -2,6 +2,7 @@
 //! Podman published for a container, starting on-demand services at their first connection.
 
 pub mod forward;
+pub mod netns;
 pub mod owner;
 pub mod ports;
 mod splice;

@@ -1,5 +1,7 @@
 //! The stable ports: one listener per enabled service port on `127.0.0.1`, forwarding each
-//! connection to the port Podman published for the container (a random loopback port).
+//! connection into the container: straight into its network namespace where berth can enter
+//! it ([`super::netns`], one relay on the path), else to the port Podman published for it (a
+//! random loopback port behind Podman's own forwarder).
 //!
 //! - Listeners come from systemd's file descriptor store when berth restarts, so clients that
 //!   connect during a restart wait in the kernel's backlog instead of being refused. New
@@ -28,13 +30,16 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::forward::{self, Counters};
+use super::netns::Netns;
 use crate::podman::Podman;
 
 /// Clients that may wait for one port's service to start; more are closed at once.
 pub const MAX_WAITING: usize = 256;
 /// How long a client of a service that is not on-demand waits for it to come up.
 const WAIT_NOT_ON_DEMAND: Duration = Duration::from_secs(10);
-/// How long a resolved backend address is trusted before asking Podman again.
+/// How long a resolved backend is fresh. An older one is still used (a container that was
+/// replaced refuses the connection, which sends it down the cold path), while one refresh in
+/// the background asks Podman again: a burst of new connections never waits for Podman.
 const BACKEND_TTL: Duration = Duration::from_secs(2);
 
 /// One stable port berth serves.
@@ -98,7 +103,11 @@ pub struct Shared {
     bind_errors: Mutex<BTreeMap<String, String>>,
     counters: Mutex<BTreeMap<u16, (String, Arc<Counters>)>>,
     demand: Mutex<BTreeMap<String, Arc<DemandStats>>>,
-    backends: Mutex<BTreeMap<(String, u16), (SocketAddr, Instant)>>,
+    backends: Mutex<BTreeMap<(String, u16), (Backend, Instant)>>,
+    /// Socket helpers by container pid; `None` where the namespace cannot be entered.
+    netns: Mutex<BTreeMap<u32, Option<Arc<Netns>>>>,
+    /// Backends (service, container port) being refreshed in the background.
+    refreshing: Mutex<std::collections::BTreeSet<(String, u16)>>,
     activity: Mutex<BTreeMap<String, Arc<Activity>>>,
 }
 
@@ -110,6 +119,8 @@ impl Default for Shared {
             counters: Mutex::default(),
             demand: Mutex::default(),
             backends: Mutex::default(),
+            netns: Mutex::default(),
+            refreshing: Mutex::default(),
             activity: Mutex::default(),
         }
     }
@@ -140,12 +151,44 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Shared {
-    /// The published loopback address of a service's container port, if known and fresh.
-    pub fn backend(&self, service: &str, container_port: u16) -> Option<SocketAddr> {
+    /// Where a service's container port was last seen, and whether that is still fresh.
+    fn backend(&self, service: &str, container_port: u16) -> Option<(Backend, bool)> {
         lock(&self.backends)
             .get(&(service.to_string(), container_port))
-            .filter(|(_, at)| at.elapsed() < BACKEND_TTL)
-            .map(|(a, _)| *a)
+            .map(|(b, at)| (*b, at.elapsed() < BACKEND_TTL))
+    }
+
+    /// The socket helper of a container's network namespace, started at first use. A
+    /// namespace that cannot be entered is remembered, so the published port is used without
+    /// trying again for every connection.
+    fn netns(&self, pid: u32) -> Option<Arc<Netns>> {
+        let mut map = lock(&self.netns);
+        if let Some(known) = map.get(&pid) {
+            return known.clone();
+        }
+        let made = match Netns::spawn(pid) {
+            Ok(n) => {
+                debug!(
+                    pid,
+                    "forwarding straight into the container's network namespace"
+                );
+                Some(Arc::new(n))
+            }
+            Err(err) => {
+                info!(pid, %err, "cannot enter the container's network namespace; forwarding to its published port");
+                None
+            }
+        };
+        map.insert(pid, made.clone());
+        made
+    }
+
+    /// Forgets helpers of containers no resolved backend points at any more (their helpers
+    /// exit as the last connection using them ends).
+    fn prune_netns(&self) {
+        let live: std::collections::BTreeSet<u32> =
+            lock(&self.backends).values().map(|(b, _)| b.pid).collect();
+        lock(&self.netns).retain(|pid, _| live.contains(pid));
     }
 
     /// Why the service's stable port cannot be served, if it cannot.
@@ -201,6 +244,15 @@ fn bind(port: u16) -> std::io::Result<TcpListener> {
     s.set_reuseaddr(true)?;
     s.bind(SocketAddr::from(([127, 0, 0, 1], port)))?;
     s.listen(1024)
+}
+
+/// A service's container port as last resolved.
+#[derive(Debug, Clone, Copy)]
+struct Backend {
+    /// The loopback address Podman published the port on.
+    published: SocketAddr,
+    /// The container's main process (its network namespace is the application's).
+    pid: u32,
 }
 
 struct Running {
@@ -386,18 +438,21 @@ async fn serve_port<P: Podman + Clone + 'static, E: Engine>(
     }
 }
 
-async fn connection<P: Podman, E: Engine>(
+async fn connection<P: Podman + Clone + 'static, E: Engine>(
     client: TcpStream,
     spec: &PortSpec,
     podman: &P,
     engine: &E,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     counters: &Counters,
     waiting: &Semaphore,
 ) -> Result<(), String> {
     // Warm path: a known backend that accepts.
-    if let Some(addr) = shared.backend(&spec.service, spec.container_port) {
-        if let Ok(backend) = TcpStream::connect(addr).await {
+    if let Some((b, fresh)) = shared.backend(&spec.service, spec.container_port) {
+        if !fresh {
+            refresh(spec, podman, shared);
+        }
+        if let Ok(backend) = connect(shared, b, spec.container_port, counters).await {
             return forward::pipe(client, backend, counters)
                 .await
                 .map(|_| ())
@@ -411,33 +466,85 @@ async fn connection<P: Podman, E: Engine>(
             spec.service
         ));
     };
-    let addr = cold_backend(spec, podman, engine, shared).await?;
-    let backend = TcpStream::connect(addr)
+    let b = cold_backend(spec, podman, engine, shared).await?;
+    let backend = connect(shared, b, spec.container_port, counters)
         .await
-        .map_err(|e| format!("connect {addr}: {e}"))?;
+        .map_err(|e| format!("connect {}: {e}", b.published))?;
     forward::pipe(client, backend, counters)
         .await
         .map(|_| ())
         .map_err(|e| e.to_string())
 }
 
-/// The published address of the service's port and the container's pid.
-async fn resolve<P: Podman>(
-    spec: &PortSpec,
-    podman: &P,
+/// A connection to the application: inside the container's network namespace where possible,
+/// else through the published port.
+async fn connect(
     shared: &Shared,
-) -> Option<(SocketAddr, u32)> {
-    let inspect = podman.inspect(&spec.container).await.ok().flatten()?;
-    if !inspect.running {
-        return None;
+    b: Backend,
+    container_port: u16,
+    counters: &Counters,
+) -> std::io::Result<TcpStream> {
+    if let Some(ns) = shared.netns(b.pid) {
+        let inside = SocketAddr::from(([127, 0, 0, 1], container_port));
+        match ns.socket().await {
+            Ok(socket) => match socket.connect(inside).await {
+                Ok(stream) => {
+                    counters.inside_total.fetch_add(1, Ordering::Relaxed);
+                    return Ok(stream);
+                }
+                // E.g. an application bound to the container's external address only.
+                Err(err) => {
+                    debug!(%err, pid = b.pid, container_port, "connect inside the container")
+                }
+            },
+            Err(err) => {
+                warn!(%err, pid = b.pid, "socket helper failed; forwarding to the published port");
+                lock(&shared.netns).insert(b.pid, None);
+            }
+        }
     }
+    TcpStream::connect(b.published).await
+}
+
+/// Asks Podman again about a backend, in the background, once at a time per backend.
+fn refresh<P: Podman + Clone + 'static>(spec: &PortSpec, podman: &P, shared: &Arc<Shared>) {
+    let key = (spec.service.clone(), spec.container_port);
+    if !lock(&shared.refreshing).insert(key.clone()) {
+        return;
+    }
+    let (spec, podman, shared) = (spec.clone(), podman.clone(), shared.clone());
+    tokio::spawn(async move {
+        let _found = resolve(&spec, &podman, &shared).await;
+        lock(&shared.refreshing).remove(&key);
+    });
+}
+
+/// The published address of the service's port and the container's pid.
+async fn resolve<P: Podman>(spec: &PortSpec, podman: &P, shared: &Shared) -> Option<Backend> {
+    let inspect = podman.inspect(&spec.container).await.ok().flatten();
+    let Some(inspect) = inspect.filter(|i| i.running) else {
+        // Gone or stopped: its namespace helper can go too.
+        let key = (spec.service.clone(), spec.container_port);
+        if lock(&shared.backends).remove(&key).is_some() {
+            shared.prune_netns();
+        }
+        return None;
+    };
     let host = *inspect.ports.get(&spec.container_port)?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], host));
-    lock(&shared.backends).insert(
-        (spec.service.clone(), spec.container_port),
-        (addr, Instant::now()),
-    );
-    Some((addr, inspect.pid))
+    let b = Backend {
+        published: SocketAddr::from(([127, 0, 0, 1], host)),
+        pid: inspect.pid,
+    };
+    let replaced = lock(&shared.backends)
+        .insert(
+            (spec.service.clone(), spec.container_port),
+            (b, Instant::now()),
+        )
+        .is_some_and(|(old, _)| old.pid != b.pid);
+    if replaced {
+        shared.prune_netns();
+    }
+    Some(b)
 }
 
 /// Whether the application inside the container listens on `port`, read from its network
@@ -473,12 +580,30 @@ async fn answers(addr: SocketAddr) -> bool {
     }
 }
 
+/// Whether the application of a running container listens yet. Asks the container's own socket
+/// table, every 2 ms for up to half a second (a read of /proc, no Podman call, so the polling
+/// costs the starting container nothing); only where that is unreadable, falls back to watching
+/// how the port forwarder treats a connection.
+async fn ready(b: Backend, container_port: u16) -> bool {
+    let until = Instant::now() + Duration::from_millis(500);
+    loop {
+        match listening_inside(b.pid, container_port) {
+            Some(true) => return true,
+            Some(false) if Instant::now() < until => {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Some(false) => return false,
+            None => return answers(b.published).await,
+        }
+    }
+}
+
 async fn cold_backend<P: Podman, E: Engine>(
     spec: &PortSpec,
     podman: &P,
     engine: &E,
     shared: &Shared,
-) -> Result<SocketAddr, String> {
+) -> Result<Backend, String> {
     let started = Instant::now();
     let limit = if spec.on_demand {
         spec.start_wait
@@ -487,14 +612,8 @@ async fn cold_backend<P: Podman, E: Engine>(
     };
     let mut demanded = false;
     loop {
-        if let Some((addr, pid)) = resolve(spec, podman, shared).await {
-            // Ask the container's own socket table; only where that is unreadable, fall back
-            // to watching how the port forwarder treats a connection.
-            let ready = match listening_inside(pid, spec.container_port) {
-                Some(listening) => listening,
-                None => answers(addr).await,
-            };
-            if ready {
+        if let Some(b) = resolve(spec, podman, shared).await {
+            if ready(b, spec.container_port).await {
                 if demanded {
                     let stats = shared.demand_stats(&spec.service);
                     let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -502,7 +621,7 @@ async fn cold_backend<P: Podman, E: Engine>(
                     stats.wait_us_last.store(us, Ordering::Relaxed);
                     info!(service = %spec.service, ms = us / 1000, "started on demand");
                 }
-                return Ok(addr);
+                return Ok(b);
             }
         } else if spec.on_demand && !demanded {
             shared
