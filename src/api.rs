@@ -28,6 +28,8 @@ use crate::units;
 pub struct ApiState<P> {
     pub engine: Handle,
     pub podman: P,
+    /// Where the containers' log files are (they outlive the containers).
+    pub paths: crate::paths::Paths,
 }
 
 /// The JSON body of every error answer.
@@ -275,15 +277,21 @@ async fn logs<P: Podman + Clone + 'static>(
     let svc = catalog
         .get(&name)
         .ok_or_else(|| ApiError(EngineError::UnknownService(name.clone())))?;
-    let names: Vec<(String, String)> = svc
+    let names: Vec<(String, String, std::path::PathBuf)> = svc
         .containers
         .iter()
-        .map(|c| (c.name.clone(), units::container_name(svc, c)))
+        .map(|c| {
+            (
+                c.name.clone(),
+                units::container_name(svc, c),
+                s.paths.in_home(&units::log_file(svc, c)),
+            )
+        })
         .collect();
     let many = names.len() > 1;
     let tail = q.tail.unwrap_or(100);
     let (tx, rx) = mpsc::channel(256);
-    for (short, cname) in names {
+    for (short, cname, file) in names {
         let podman = s.podman.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
@@ -304,7 +312,17 @@ async fn logs<P: Podman + Clone + 'static>(
                 let r = if q.follow {
                     podman.logs_follow(&cname, tail, ltx).await
                 } else {
-                    match podman.logs_tail(&cname, tail).await {
+                    // A container that is gone (crashed, removed by its unit) left its log
+                    // file behind.
+                    let lines = match podman.logs_tail(&cname, tail).await {
+                        Err(e) if file.exists() => tokio::task::spawn_blocking(move || {
+                            crate::health::log_tail(&file, tail)
+                        })
+                        .await
+                        .map_err(|_| e),
+                        other => other,
+                    };
+                    match lines {
                         Ok(lines) => {
                             for l in lines {
                                 if ltx.send(l).await.is_err() {

@@ -4,6 +4,8 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
@@ -46,15 +48,25 @@ pub enum Cmd {
         /// Do not pull missing images from here (the daemon still pulls them).
         #[arg(long)]
         no_pull: bool,
+        #[command(flatten)]
+        settle: Settle,
     },
     /// Disable a service: stop it and remove its units. Its data volumes are kept.
     Disable { name: String },
     /// Start a service (and enable it).
-    Start { name: String },
+    Start {
+        name: String,
+        #[command(flatten)]
+        settle: Settle,
+    },
     /// Stop a service and keep it stopped until started again.
     Stop { name: String },
     /// Restart a service.
-    Restart { name: String },
+    Restart {
+        name: String,
+        #[command(flatten)]
+        settle: Settle,
+    },
     /// Show a service's container logs.
     Logs {
         name: String,
@@ -113,6 +125,15 @@ pub enum Cmd {
     NetnsSockets,
 }
 
+/// How long `enable`, `start` and `restart` watch a service that came up, so that a container
+/// crashing a moment after its start is reported as such and not as running.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct Settle {
+    /// Seconds to watch the service after it started (0: do not watch).
+    #[arg(long = "settle", value_name = "SECS", default_value_t = 3)]
+    secs: u64,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum CatalogCmd {
     /// Validate catalog files as a layer over the built-in catalog and /etc/berth/catalog.d.
@@ -157,7 +178,11 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Ls { json } => ls(json).await,
         Cmd::Status { name, json } => status(&name, json).await,
-        Cmd::Enable { name, no_pull } => {
+        Cmd::Enable {
+            name,
+            no_pull,
+            settle,
+        } => {
             check_name(&name)?;
             // A failed pull still records the choice: the daemon keeps the reason on display
             // and the service starts once its image arrives.
@@ -166,13 +191,13 @@ pub async fn run(cli: Cli) -> Result<()> {
             } else {
                 pull(&name, true).await
             };
-            let enabled = act(&name, "enable").await;
+            let enabled = act(&name, "enable", settle).await;
             pulled.and(enabled)
         }
-        Cmd::Disable { name } => act(&name, "disable").await,
-        Cmd::Start { name } => act(&name, "start").await,
-        Cmd::Stop { name } => act(&name, "stop").await,
-        Cmd::Restart { name } => act(&name, "restart").await,
+        Cmd::Disable { name } => act(&name, "disable", NO_SETTLE).await,
+        Cmd::Start { name, settle } => act(&name, "start", settle).await,
+        Cmd::Stop { name } => act(&name, "stop", NO_SETTLE).await,
+        Cmd::Restart { name, settle } => act(&name, "restart", settle).await,
         Cmd::Logs { name, follow, tail } => {
             check_name(&name)?;
             let c = client()?;
@@ -284,14 +309,19 @@ async fn pull(name: &str, quiet_when_present: bool) -> Result<()> {
     }
 }
 
-async fn act(name: &str, verb: &str) -> Result<()> {
+const NO_SETTLE: Settle = Settle { secs: 0 };
+
+async fn act(name: &str, verb: &str, settle: Settle) -> Result<()> {
     check_name(name)?;
     let c = client()?;
     let r: PassReport = c.post(&format!("/v1/services/{name}/{verb}")).await?;
     for a in &r.applied {
         println!("  {a}");
     }
-    let st: ServiceStatus = c.get(&format!("/v1/services/{name}")).await?;
+    let mut st: ServiceStatus = c.get(&format!("/v1/services/{name}")).await?;
+    if settle.secs > 0 && matches!(st.state, State::Running | State::Starting) {
+        st = watch_settle(&c, name, st, Duration::from_secs(settle.secs)).await?;
+    }
     print_one_line(&st);
     let mine: Vec<&String> = r
         .errors
@@ -327,6 +357,45 @@ async fn act(name: &str, verb: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Watches a service that just came up for `window`: returns its status at the end, or as soon
+/// as it crashed (a restart by systemd, or failed), in which case the last log lines are shown.
+async fn watch_settle(
+    c: &Client,
+    name: &str,
+    first: ServiceStatus,
+    window: Duration,
+) -> Result<ServiceStatus> {
+    let until = tokio::time::Instant::now() + window;
+    let mut st = first;
+    let restarts = st.restarts;
+    while tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        st = c.get(&format!("/v1/services/{name}")).await?;
+        let crashed = st.restarts > restarts
+            || st.state == State::Failed
+            || st.unit_state.ends_with("/auto-restart");
+        if crashed {
+            print_one_line(&st);
+            let mut lines = Vec::new();
+            let path = format!("/v1/services/{name}/logs?follow=false&tail=10");
+            let _logs_are_a_hint = c
+                .lines(hyper::Method::GET, &path, |l| lines.push(l.to_string()))
+                .await;
+            if !lines.is_empty() {
+                eprintln!("last log lines of {name}:\n  {}", lines.join("\n  "));
+            }
+            bail!(
+                "{name} crashed right after it started{}",
+                st.reason
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    Ok(st)
 }
 
 fn print_one_line(st: &ServiceStatus) {

@@ -151,7 +151,7 @@ pub async fn run(
         crate::metrics::spawn_tcp(addr, token_file, handle.snapshots());
     }
     // [push] cloud health reports. Kept until the daemon ends; its counters go to /metrics.
-    let _push = config.push.as_ref().and_then(|p| {
+    let push = config.push.as_ref().and_then(|p| {
         match crate::push::spawn(crate::push::Settings::new(p, &paths), handle.snapshots()) {
             Ok(pusher) => {
                 crate::metrics::register_push(pusher.stats());
@@ -187,10 +187,20 @@ pub async fn run(
     let state = ApiState {
         engine: handle,
         podman,
+        paths: paths.clone(),
     };
     let proxy = state.engine.proxy();
     let served = api::serve(listener, state, shutdown).await;
-    crate::proxy::ports::drain(&proxy, std::time::Duration::from_secs(5)).await;
+    // Open connections get time to finish while the cloud hears that berth stops.
+    let last_report = async {
+        if let Some(p) = push {
+            p.shutdown(std::time::Duration::from_secs(3)).await;
+        }
+    };
+    tokio::join!(
+        crate::proxy::ports::drain(&proxy, std::time::Duration::from_secs(5)),
+        last_report
+    );
     let _stopping_notice_is_best_effort = crate::sys::sd_notify("STOPPING=1");
     let _socket_may_be_gone = std::fs::remove_file(paths.socket());
     engine_task.abort();

@@ -125,6 +125,15 @@ pub fn derive(p: Parts<'_>) -> (State, Option<String>) {
             };
             (State::Failed, Some(why))
         }
+        // Between a crash and systemd's restart (RestartSec) the unit waits in `auto-restart`;
+        // NRestarts only counts once the restart begins.
+        (Choice::On, "activating") if p.unit.is_some_and(|u| u.sub == "auto-restart") => (
+            State::Starting,
+            Some(format!(
+                "crashed; systemd restarts it shortly (restart {})",
+                p.restarts + 1
+            )),
+        ),
         (Choice::On, "activating") if p.restarts > 0 => (
             State::Starting,
             Some(format!("restarting after a crash (restart {})", p.restarts)),
@@ -241,6 +250,21 @@ mod tests {
         assert!(why
             .unwrap_or_default()
             .contains("crashed 5 times in a row (exit-code)"));
+
+        // Waiting for systemd's restart after a crash: starting, and the reason says why.
+        let mut waiting = unit("activating");
+        waiting.sub = "auto-restart".into();
+        let (s, why) = derive(parts(Choice::On, Some(&waiting), &[]));
+        assert_eq!(s, State::Starting);
+        assert_eq!(
+            why.as_deref(),
+            Some("crashed; systemd restarts it shortly (restart 1)")
+        );
+        let starting = unit("activating");
+        assert_eq!(
+            derive(parts(Choice::On, Some(&starting), &[])),
+            (State::Starting, None)
+        );
     }
 
     #[test]

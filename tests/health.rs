@@ -97,11 +97,19 @@ fn crashing_container_ends_failed_with_its_last_log_lines_and_restarts_stop() {
     let mut w = World::new(&["it-crash"]);
     let crashing = web_service("it-crash", 18194).replace(
         "init = true",
-        "init = true\ncommand = [\"/bin/sh\", \"-c\", \"echo boom: config missing; exit 3\"]",
+        "init = true\ncommand = [\"/bin/sh\", \"-c\", \"echo boom: config missing; sleep 1; exit 3\"]",
     );
     w.catalog_file("it-crash.toml", &crashing);
     w.start_daemon();
-    let _expected_to_fail = w.berth(&["enable", "it-crash"]);
+    // It comes up, then crashes a moment later: `enable` watches long enough to say so.
+    let o = w.berth(&["enable", "it-crash"]);
+    let out = text(&o);
+    assert!(!o.status.success(), "enable must report the crash: {out}");
+    assert!(out.contains("crashed right after it started"), "{out}");
+    assert!(
+        out.contains("boom: config missing"),
+        "with the log lines: {out}"
+    );
 
     // systemd restarts it every 5 s, at most 5 starts in 5 minutes.
     let st = wait_state(&w, "it-crash", "failed", Duration::from_secs(90));

@@ -321,4 +321,12 @@ fn reports_spool_while_the_receiver_is_down_and_arrive_in_order_when_it_returns(
         delivered.is_some(),
         "no berth_push_delivered_total in /metrics"
     );
+
+    // Stopping: the cloud hears it before the daemon is gone, as the last report.
+    w.stop_daemon();
+    let got = rx.got();
+    let last = got.last().expect("reports");
+    assert_eq!(last.body["sent_reason"], "shutdown", "{:?}", last.body);
+    assert_eq!(seq(last), got.iter().map(seq).max().unwrap_or(0));
+    assert!(spooled(&spool).is_empty(), "{:?}", spooled(&spool));
 }

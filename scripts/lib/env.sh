@@ -578,6 +578,47 @@ _berth_env_start_podman_socket() {
     berth_env_log "podman: API answers at $sock"
 }
 
+# Without systemd as PID 1 nothing runs journald: start Debian's own
+# systemd-journald (volatile storage under /run/log/journal), so services of
+# the user manager log to the journal as on a real machine and `journalctl`
+# shows them. Its PID is recorded; berth_env_stop_journald stops exactly it.
+# On a machine booted with systemd this does nothing.
+berth_env_journald() {
+    berth_env_pid1_is_systemd && return 0
+    berth_env_require_root "starting systemd-journald"
+    local pidfile=$BERTH_ENV_STATE_DIR/journald.pid pid
+    if [[ -S /run/systemd/journal/socket ]] && pid=$(cat "$pidfile" 2>/dev/null) &&
+        [[ $(cat "/proc/$pid/comm" 2>/dev/null) == systemd-journal ]]; then
+        berth_env_log "journald: already running (PID $pid)"
+        return 0
+    fi
+    [[ -x /lib/systemd/systemd-journald ]] || berth_env_die "no /lib/systemd/systemd-journald (package systemd)"
+    install -d -m 0755 "$BERTH_ENV_STATE_DIR" "$BERTH_ENV_LOG_DIR"
+    (
+        if [[ -n "$BERTH_ENV_LOCK_FD" ]]; then
+            exec {BERTH_ENV_LOCK_FD}>&-
+        fi
+        exec setsid /lib/systemd/systemd-journald
+    ) </dev/null >>"$BERTH_ENV_LOG_DIR/journald.log" 2>&1 &
+    pid=$!
+    local i
+    for ((i = 0; i < 50; i++)); do
+        [[ -S /run/systemd/journal/socket && -S /run/systemd/journal/stdout ]] && break
+        kill -0 "$pid" 2>/dev/null || berth_env_die "systemd-journald exited; see $BERTH_ENV_LOG_DIR/journald.log"
+        sleep 0.1
+    done
+    [[ -S /run/systemd/journal/stdout ]] || berth_env_die "systemd-journald did not open its sockets; see $BERTH_ENV_LOG_DIR/journald.log"
+    # Ownership and ACLs of the journal files (group systemd-journal may read), as
+    # systemd-tmpfiles sets them at boot on a real machine.
+    if command -v systemd-tmpfiles >/dev/null; then
+        systemd-tmpfiles --create --prefix /run/log/journal >/dev/null 2>&1 ||
+            berth_env_log "journald: systemd-tmpfiles could not set the journal's permissions"
+    fi
+    echo "$pid" >"$pidfile.tmp"
+    mv -f "$pidfile.tmp" "$pidfile"
+    berth_env_log "journald: started systemd-journald (PID $pid)"
+}
+
 # Make sure USER exists with subordinate ids and overlay storage, has a
 # running systemd user manager and D-Bus, and a listening podman.socket.
 # As non-root this only works for the current user in a desktop session.

@@ -150,6 +150,9 @@ impl PushStats {
 #[derive(Debug)]
 pub struct Pusher {
     stats: Arc<PushStats>,
+    /// Set once by [`Pusher::shutdown`]: the producer makes its last report and ends.
+    stopping: watch::Sender<bool>,
+    producer: Option<JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -157,11 +160,36 @@ impl Pusher {
     pub fn stats(&self) -> Arc<PushStats> {
         self.stats.clone()
     }
+
+    /// The daemon stops: spools a last report (`shutdown`) and gives the sender up to `limit`
+    /// to deliver what is spooled. What is not delivered by then stays in the spool for the
+    /// next start.
+    pub async fn shutdown(mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let _producer_may_have_ended = self.stopping.send(true);
+        if let Some(producer) = self.producer.take() {
+            if tokio::time::timeout_at(deadline, producer).await.is_err() {
+                warn!("the last health report was not spooled in time");
+                return;
+            }
+        }
+        while self.stats.spooled.load(Ordering::Relaxed) > 0 {
+            if Instant::now() >= deadline {
+                info!(
+                    spooled = self.stats.spooled.load(Ordering::Relaxed),
+                    "stopping with health reports still spooled; they go out after the next start"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        debug!("every health report delivered");
+    }
 }
 
 impl Drop for Pusher {
     fn drop(&mut self) {
-        for t in &self.tasks {
+        for t in self.tasks.iter().chain(&self.producer) {
             t.abort();
         }
     }
@@ -199,9 +227,11 @@ pub fn spawn_with<D: Deliver + 'static>(
     }
     let spool = Arc::new(Mutex::new(spool));
     let wake = Arc::new(Notify::new());
+    let (stopping, stop) = watch::channel(false);
     let producer = tokio::spawn(produce(
         settings.clone(),
         snapshots,
+        stop,
         spool.clone(),
         wake.clone(),
         stats.clone(),
@@ -209,7 +239,9 @@ pub fn spawn_with<D: Deliver + 'static>(
     let sender = tokio::spawn(send(delivery, spool, wake, stats.clone(), settings.backoff));
     Ok(Pusher {
         stats,
-        tasks: vec![producer, sender],
+        stopping,
+        producer: Some(producer),
+        tasks: vec![sender],
     })
 }
 
@@ -283,6 +315,7 @@ impl Schedule {
 async fn produce(
     settings: Settings,
     mut snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
+    mut stop: watch::Receiver<bool>,
     spool: Arc<Mutex<Spool>>,
     wake: Arc<Notify>,
     stats: Arc<PushStats>,
@@ -338,9 +371,13 @@ async fn produce(
             }
         }
         schedule.reported(key, Instant::now());
+        if reason == SentReason::Shutdown {
+            return;
+        }
         // Wait for the next report to be due.
         reason = loop {
             tokio::select! {
+                _ = stop.wait_for(|s| *s) => break SentReason::Shutdown,
                 changed = snapshots.changed() => {
                     if changed.is_err() {
                         return;

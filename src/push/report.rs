@@ -23,6 +23,9 @@ pub enum SentReason {
     Change,
     /// Nothing changed for one `interval`.
     Periodic,
+    /// The daemon is stopping: the last report until it starts again. The services keep
+    /// running without it.
+    Shutdown,
 }
 
 impl SentReason {
@@ -31,6 +34,7 @@ impl SentReason {
             SentReason::Startup => "startup",
             SentReason::Change => "change",
             SentReason::Periodic => "periodic",
+            SentReason::Shutdown => "shutdown",
         }
     }
 }

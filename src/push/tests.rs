@@ -197,6 +197,55 @@ async fn reports_wait_in_the_spool_while_the_receiver_is_down_and_arrive_in_orde
 }
 
 #[tokio::test]
+async fn shutdown_sends_a_last_report_and_keeps_what_it_cannot_deliver() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("machine-id"), "m-1\n").expect("machine-id");
+    let (_tx, rx) = watch::channel(Some(Arc::new(snapshot(&[("a", State::Running, None)]))));
+    let fake = Fake::default();
+    let pusher = spawn_with(settings(dir.path(), 1000), rx.clone(), fake.clone()).expect("spawn");
+    until("the startup report", || !fake.got().is_empty()).await;
+    pusher.shutdown(Duration::from_secs(5)).await;
+    // Delivered before shutdown returned, as the last report.
+    let got = fake.got();
+    assert_eq!(
+        got.last().expect("reports")["sent_reason"],
+        "shutdown",
+        "{got:?}"
+    );
+    assert_eq!(
+        got.last().expect("reports")["services"][0]["state"],
+        "running"
+    );
+
+    // With the receiver down, shutdown gives up after its limit and the report stays spooled.
+    let down = Fake::default();
+    down.down.store(true, Ordering::SeqCst);
+    let pusher = spawn_with(settings(dir.path(), 1000), rx, down.clone()).expect("respawn");
+    let stats = pusher.stats();
+    until("the startup report spooled", || {
+        stats.counters().reports_total >= 1
+    })
+    .await;
+    let t = std::time::Instant::now();
+    pusher.shutdown(Duration::from_millis(300)).await;
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "bounded: {:?}",
+        t.elapsed()
+    );
+    let spooled: Vec<String> = std::fs::read_dir(dir.path().join("spool"))
+        .expect("ls")
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .collect();
+    assert!(
+        spooled.iter().any(|t| t.contains("\"shutdown\"")),
+        "the last report waits for the next start: {spooled:?}"
+    );
+    assert!(down.got().is_empty());
+}
+
+#[tokio::test]
 async fn a_full_spool_drops_the_oldest_and_the_gaps_are_accounted_for() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_tx, rx) = watch::channel(Some(Arc::new(snapshot(&[("a", State::Running, None)]))));

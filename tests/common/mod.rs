@@ -235,6 +235,21 @@ impl World {
     }
 
     /// SIGKILL, as a crash would.
+    /// Stops the daemon as systemd would (SIGTERM) and waits for it to exit (at most 30 s).
+    pub fn stop_daemon(&mut self) {
+        let Some(mut c) = self.daemon.take() else {
+            return;
+        };
+        let o = run("kill", &["-TERM", &c.id().to_string()]);
+        assert!(o.status.success(), "{}", text(&o));
+        let exited = wait_for(Duration::from_secs(30), || c.try_wait().ok().flatten());
+        if exited.is_none() {
+            let _already_dead = c.kill();
+            let _reaped = c.wait();
+            panic!("the daemon did not stop within 30 s of SIGTERM");
+        }
+    }
+
     pub fn kill_daemon(&mut self) {
         if let Some(mut c) = self.daemon.take() {
             let _already_dead = c.kill();
