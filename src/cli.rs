@@ -323,19 +323,8 @@ async fn act(name: &str, verb: &str, settle: Settle) -> Result<()> {
         st = watch_settle(&c, name, st, Duration::from_secs(settle.secs)).await?;
     }
     print_one_line(&st);
-    let mine: Vec<&String> = r
-        .errors
-        .iter()
-        .filter(|e| e.contains(&units::main_unit(name)) || e.contains(name))
-        .collect();
-    if !mine.is_empty() {
-        bail!(
-            "{}",
-            mine.iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join("; ")
-        );
+    if let Some(errors) = r.errors_of(name) {
+        bail!("{errors}");
     }
     let ok = match verb {
         "disable" => matches!(st.state, State::Off | State::Stopping),

@@ -461,7 +461,7 @@ where
         self.publish_specs();
         let mut report = PassReport::default();
         if !self.loaded() {
-            report.errors.push(format!(
+            report.general_error(format!(
                 "not applying anything: {}",
                 self.catalog_error.clone().unwrap_or_default()
             ));
@@ -472,7 +472,7 @@ where
             Ok(a) => a,
             Err(e) => {
                 warn!(err = %e, "cannot read the actual state");
-                report.errors.push(e);
+                report.general_error(e);
                 return report;
             }
         };
@@ -505,14 +505,18 @@ where
                 }
                 Err(e) => {
                     warn!(err = %e, "failed");
-                    report.errors.push(format!("{action}: {e}"));
+                    let text = format!("{action}: {e}");
                     match action.service() {
                         Some(s) => {
+                            report.service_error(s, text);
                             failed.insert(s.to_string());
                             self.apply_errors.insert(s.to_string(), e);
                         }
-                        // Without a reload nothing after it is meaningful.
-                        None => break,
+                        None => {
+                            report.general_error(text);
+                            // Without a reload nothing after it is meaningful.
+                            break;
+                        }
                     }
                 }
             }
@@ -1095,20 +1099,7 @@ where
                         // A client connecting is the user acting: retry a failed unit too.
                         self.force.insert(service.clone());
                         let report = self.pass().await;
-                        let mine: Vec<&String> = report
-                            .errors
-                            .iter()
-                            .filter(|e| e.contains(&units::main_unit(&service)))
-                            .collect();
-                        if mine.is_empty() {
-                            Ok(())
-                        } else {
-                            Err(mine
-                                .iter()
-                                .map(|e| e.as_str())
-                                .collect::<Vec<_>>()
-                                .join("; "))
-                        }
+                        report.errors_of(&service).map_or(Ok(()), Err)
                     } else {
                         Err(format!("{service} is not an on-demand service"))
                     };

@@ -140,6 +140,70 @@ pub struct PassReport {
     #[serde(default)]
     pub duration_us: u64,
     pub applied: Vec<String>,
+    /// Every error of the pass, as text.
     pub errors: Vec<String>,
+    /// The errors of actions on one service, by service name (also in `errors`).
+    #[serde(default)]
+    pub service_errors: std::collections::BTreeMap<String, Vec<String>>,
+    /// Errors that concern every service (a broken catalog, a failed daemon-reload…; also in
+    /// `errors`).
+    #[serde(default)]
+    pub general_errors: Vec<String>,
     pub waiting: std::collections::BTreeMap<String, String>,
+}
+
+impl PassReport {
+    /// An error that concerns no single service.
+    pub fn general_error(&mut self, e: String) {
+        self.errors.push(e.clone());
+        self.general_errors.push(e);
+    }
+
+    /// An error of an action on `service`.
+    pub fn service_error(&mut self, service: &str, e: String) {
+        self.errors.push(e.clone());
+        self.service_errors
+            .entry(service.to_string())
+            .or_default()
+            .push(e);
+    }
+
+    /// The errors that concern `service`: its own and the general ones, joined with "; ".
+    /// `None` when there are none.
+    pub fn errors_of(&self, service: &str) -> Option<String> {
+        let mine: Vec<&str> = self
+            .service_errors
+            .get(service)
+            .into_iter()
+            .flatten()
+            .chain(&self.general_errors)
+            .map(String::as_str)
+            .collect();
+        (!mine.is_empty()).then(|| mine.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PassReport;
+
+    #[test]
+    fn errors_of_a_service_are_its_own_and_the_general_ones() {
+        let mut r = PassReport::default();
+        assert_eq!(r.errors_of("a"), None);
+        r.service_error("ab", "start berth-ab.service: boom".into());
+        // A name that is a prefix of another service's is not confused with it.
+        assert_eq!(r.errors_of("a"), None);
+        r.service_error("a", "start berth-a.service: no image".into());
+        assert_eq!(
+            r.errors_of("a").as_deref(),
+            Some("start berth-a.service: no image")
+        );
+        r.general_error("reload systemd: timeout".into());
+        assert_eq!(
+            r.errors_of("ab").as_deref(),
+            Some("start berth-ab.service: boom; reload systemd: timeout")
+        );
+        assert_eq!(r.errors.len(), 3);
+    }
 }
