@@ -136,7 +136,7 @@ inner() {
     log "enabling ${#names[@]} services"
     local t0=$SECONDS n
     for n in "${names[@]}"; do
-        b enable "$n" --no-pull >/dev/null || die "berth enable $n failed"
+        b enable "$n" --no-pull --settle 0 >/dev/null || die "berth enable $n failed"
     done
     log "enabled in $((SECONDS - t0)) s; waiting until all run"
     deadline=$((SECONDS + 120))
@@ -285,44 +285,7 @@ fi
 # ---------------------------------------------------------------------------
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$repo"
-# shellcheck source=scripts/lib/env.sh
-. "$repo/scripts/lib/env.sh"
-# rustup installs into ~/.cargo/bin; a non-login shell may not have it on PATH.
-if ! command -v cargo >/dev/null && [[ -x "${HOME:-}/.cargo/bin/cargo" ]]; then
-    PATH="$HOME/.cargo/bin:$PATH"
-fi
-berth_env_require_commands cargo
-
-log "environment (user session, rootless Podman, test images)"
-exports=$("$repo/scripts/test-env")
-eval "$exports"
-test_user=${BERTH_TEST_USER:-$(id -un)}
-
-log "cargo build --release"
-cargo build --release --quiet --bin berth
-
-# A copy of the binary and of this script in a directory the user can read
-# (the checkout may sit below directories the test user cannot enter).
-stage=$(mktemp -d -t berth-bench-bin.XXXXXX)
-trap 'rm -rf "$stage"' EXIT
-# Caught (not fatal) so the EXIT trap runs; the user's side gets the same signal
-# from the terminal or from `timeout` and cleans up after itself first.
-trap 'exit 130' INT
-trap 'exit 143' TERM
-cp target/release/berth "$stage/berth"
-cp "$repo/bench/core.sh" "$stage/core.sh"
-cp "$repo/bench/lib.sh" "$stage/lib.sh"
-chmod 0755 "$stage" "$stage/berth" "$stage/core.sh"
-chmod 0644 "$stage/lib.sh"
-
-pass_env=("BERTH_BENCH_REV=$(git -C "$repo" describe --always --dirty 2>/dev/null || echo unknown)")
-for v in BERTH_BENCH_RUNS BERTH_BENCH_IDLE BERTH_BENCH_DAEMON_ENV; do
-    [[ -z "${!v:-}" ]] || pass_env+=("$v=${!v}")
-done
-if berth_env_is_root && [[ "$test_user" != root ]]; then
-    log "measuring as $test_user"
-    berth_env_as_user "$test_user" env "${pass_env[@]}" bash "$stage/core.sh" --inner "$stage/berth"
-else
-    env "${pass_env[@]}" bash "$stage/core.sh" --inner "$stage/berth"
-fi
+# shellcheck source=bench/lib.sh
+. "$repo/bench/lib.sh"
+bench_prepare "$repo"
+bench_run_as_user "$repo" "$repo/bench/core.sh" BERTH_BENCH_RUNS BERTH_BENCH_IDLE BERTH_BENCH_DAEMON_ENV

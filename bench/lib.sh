@@ -97,3 +97,61 @@ bench_daemon_finish() {
     fi
     [[ -z "$bench_work" ]] || rm -rf "$bench_work"
 }
+
+# ---------------------------------------------------------------------------
+# The outer side, run by root or the desktop user from the checkout.
+# ---------------------------------------------------------------------------
+
+# bench_prepare REPO: the test user's session, rootless Podman and the test
+# images, exactly as scripts/test sets them up. Sets bench_user.
+bench_prepare() {
+    local repo=$1 exports
+    if ! declare -F berth_env_as_user >/dev/null; then
+        # shellcheck source=scripts/lib/env.sh
+        . "$repo/scripts/lib/env.sh"
+    fi
+    # rustup installs into ~/.cargo/bin; a non-login shell may not have it on PATH.
+    if ! command -v cargo >/dev/null && [[ -x "${HOME:-}/.cargo/bin/cargo" ]]; then
+        PATH="$HOME/.cargo/bin:$PATH"
+    fi
+    berth_env_require_commands cargo
+    log "environment (user session, rootless Podman, test images)"
+    exports=$("$repo/scripts/test-env")
+    eval "$exports"
+    bench_user=${BERTH_TEST_USER:-$(id -un)}
+}
+
+# bench_run_as_user REPO SCRIPT VAR...: builds the release binary, copies it
+# with SCRIPT and this library into a directory the user can read (the
+# checkout may sit below directories the test user cannot enter), and runs
+# `SCRIPT --inner BINARY` as the session's user, passing the named variables
+# that are set.
+bench_run_as_user() {
+    local repo=$1 script=$2 v
+    shift 2
+    log "cargo build --release"
+    (cd "$repo" && cargo build --release --quiet --bin berth)
+    bench_stage=$(mktemp -d -t berth-bench-bin.XXXXXX)
+    trap 'rm -rf "$bench_stage"' EXIT
+    # Caught (not fatal) so the EXIT trap runs; the user's side gets the same signal
+    # from the terminal or from `timeout` and cleans up after itself first.
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    local target=${CARGO_TARGET_DIR:-$repo/target}
+    [[ $target == /* ]] || target=$repo/$target
+    cp "$target/release/berth" "$bench_stage/berth"
+    cp "$script" "$bench_stage/bench.sh"
+    cp "$repo/bench/lib.sh" "$bench_stage/lib.sh"
+    chmod 0755 "$bench_stage" "$bench_stage/berth" "$bench_stage/bench.sh"
+    chmod 0644 "$bench_stage/lib.sh"
+    local -a pass_env=("BERTH_BENCH_REV=$(git -C "$repo" describe --always --dirty 2>/dev/null || echo unknown)")
+    for v in "$@"; do
+        [[ -z "${!v:-}" ]] || pass_env+=("$v=${!v}")
+    done
+    if berth_env_is_root && [[ "$bench_user" != root ]]; then
+        log "measuring as $bench_user"
+        berth_env_as_user "$bench_user" env "${pass_env[@]}" bash "$bench_stage/bench.sh" --inner "$bench_stage/berth"
+    else
+        env "${pass_env[@]}" bash "$bench_stage/bench.sh" --inner "$bench_stage/berth"
+    fi
+}

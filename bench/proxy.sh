@@ -333,7 +333,7 @@ cold_berth_once() {
     awk -v s="$s" 'BEGIN { printf "%d\n", s * 1000 + 0.5 }'
 }
 
-median_of() { sort -n | awk '{ v[NR] = $1 } END { print (NR ? v[int((NR + 1) / 2)] : "nan") }'; }
+median_of() { grep -v '^$' | sort -n | awk '{ v[NR] = $1 } END { print (NR ? v[int((NR + 1) / 2)] : "nan") }'; }
 
 # Gbit/s received by iperf3 through PORT.
 bulk() {
@@ -664,47 +664,13 @@ build_web_image() (
 )
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$repo"
+[[ $(uname -s) == Linux ]] || die "this needs Linux"
+# shellcheck source=bench/lib.sh
+. "$repo/bench/lib.sh"
 # shellcheck source=scripts/lib/env.sh
 . "$repo/scripts/lib/env.sh"
-# rustup installs into ~/.cargo/bin; a non-login shell may not have it on PATH.
-if ! command -v cargo >/dev/null && [[ -x "${HOME:-}/.cargo/bin/cargo" ]]; then
-    PATH="$HOME/.cargo/bin:$PATH"
-fi
-[[ $(uname -s) == Linux ]] || die "this needs Linux"
-berth_env_require_commands cargo
 install_tools
-
-log "environment (user session, rootless Podman, test images)"
-exports=$("$repo/scripts/test-env")
-eval "$exports"
-test_user=${BERTH_TEST_USER:-$(id -un)}
-build_web_image "$test_user"
-
-log "cargo build --release"
-cargo build --release --quiet --bin berth
-
-# A copy of the binary and of the scripts in a directory the user can read
-# (the checkout may sit below directories the test user cannot enter).
-stage=$(mktemp -d -t berth-bench-bin.XXXXXX)
-trap 'rm -rf "$stage"' EXIT
-# Caught (not fatal) so the EXIT trap runs; the user's side gets the same signal
-# from the terminal or from `timeout` and cleans up after itself first.
-trap 'exit 130' INT
-trap 'exit 143' TERM
-cp "${CARGO_TARGET_DIR:-target}/release/berth" "$stage/berth"
-cp "$repo/bench/proxy.sh" "$stage/proxy.sh"
-cp "$repo/bench/lib.sh" "$stage/lib.sh"
-chmod 0755 "$stage" "$stage/berth" "$stage/proxy.sh"
-chmod 0644 "$stage/lib.sh"
-
-pass_env=("BERTH_BENCH_REV=$(git -C "$repo" describe --always --dirty 2>/dev/null || echo unknown)")
-for v in BERTH_BENCH_SECS BERTH_BENCH_PORT BERTH_BENCH_PATHS BERTH_BENCH_ROUNDS BERTH_BENCH_COLD_RUNS; do
-    [[ -z "${!v:-}" ]] || pass_env+=("$v=${!v}")
-done
-if berth_env_is_root && [[ "$test_user" != root ]]; then
-    log "measuring as $test_user"
-    berth_env_as_user "$test_user" env "${pass_env[@]}" bash "$stage/proxy.sh" --inner "$stage/berth"
-else
-    env "${pass_env[@]}" bash "$stage/proxy.sh" --inner "$stage/berth"
-fi
+bench_prepare "$repo"
+build_web_image "$bench_user"
+bench_run_as_user "$repo" "$repo/bench/proxy.sh" BERTH_BENCH_SECS BERTH_BENCH_PORT \
+    BERTH_BENCH_PATHS BERTH_BENCH_ROUNDS BERTH_BENCH_COLD_RUNS
