@@ -247,6 +247,7 @@ fn build_desired(c: &Catalog, ctx: &RenderCtx) -> Desired {
                     uses: svc.uses.clone(),
                     blocked: None,
                     force: false,
+                    retry: false,
                 },
             )
         })

@@ -431,7 +431,30 @@ pub async fn serve<P: Podman + Clone + 'static>(
     state: ApiState<P>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(SameUserListener::new(listener), router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    // Requests may stay open for long (`berth logs -f`): once asked to stop, give them a few
+    // seconds and then stop anyway.
+    let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(SameUserListener::new(listener), router(state))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _server_may_be_gone = stopping_tx.send(());
+        });
+    let server = std::future::IntoFuture::into_future(server);
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => r,
+        () = async {
+            if stopping.await.is_ok() {
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => {
+            warn!("requests still open {}s after the stop; closing them", SHUTDOWN_GRACE.as_secs());
+            Ok(())
+        }
+    }
 }
+
+/// How long open API requests may take to finish once the daemon stops.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);

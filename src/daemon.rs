@@ -3,7 +3,6 @@
 
 use std::path::Path;
 
-use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::api::{self, ApiState};
@@ -128,18 +127,10 @@ pub async fn run(
     ));
 
     // Unit state changes trigger a (debounced) pass.
-    let (utx, mut urx) = mpsc::channel(64);
+    let watcher = handle.clone();
     tokio::spawn(async move {
-        if let Err(err) = systemd::watch_units(conn, utx).await {
+        if let Err(err) = systemd::watch_units(conn, move || watcher.units_changed()).await {
             warn!(%err, "cannot watch unit changes; relying on the safety timer");
-        }
-    });
-    let sender = handle.sender().clone();
-    tokio::spawn(async move {
-        while let Some(unit) = urx.recv().await {
-            if sender.send(Command::UnitChanged(unit)).await.is_err() {
-                break;
-            }
         }
     });
 

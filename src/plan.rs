@@ -25,6 +25,8 @@ pub struct DesiredService {
     pub blocked: Option<String>,
     /// The user just asked to (re)start it: restart even if active, retry even if failed.
     pub force: bool,
+    /// A client connected to it (on demand): retry it if failed, leave it be if it runs.
+    pub retry: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -286,7 +288,7 @@ pub fn plan(desired: &Desired, actual: &Actual) -> Plan {
             continue;
         }
         let failed = state.is_some_and(|u| u.active == "failed");
-        if failed && !d.force && !changed {
+        if failed && !d.force && !d.retry && !changed {
             waiting.insert(name.clone(), "failed; `berth start` retries".into());
             continue;
         }
@@ -301,7 +303,7 @@ pub fn plan(desired: &Desired, actual: &Actual) -> Plan {
                 for image in missing {
                     match actual.pulls.get(image) {
                         Some(PullState::Running) => why.push(format!("pulling {image}")),
-                        Some(PullState::Failed(e)) if !d.force => why.push(format!(
+                        Some(PullState::Failed(e)) if !d.force && !d.retry => why.push(format!(
                             "image {image} is not present and could not be pulled: {e}"
                         )),
                         _ => {

@@ -76,8 +76,6 @@ pub enum Command {
     ReloadCatalog {
         reply: Option<oneshot::Sender<Result<usize, EngineError>>>,
     },
-    /// A berth unit changed state (from the D-Bus watch).
-    UnitChanged(String),
     PullDone {
         image: String,
         result: Result<(), String>,
@@ -107,9 +105,17 @@ pub struct Handle {
     snapshot: watch::Receiver<Option<Arc<Snapshot>>>,
     specs: watch::Receiver<Vec<PortSpec>>,
     proxy: Arc<ProxyShared>,
+    units_changed: Arc<tokio::sync::Notify>,
 }
 
 impl Handle {
+    /// Tells the engine that a berth unit changed state (a debounced pass follows). Never
+    /// waits: the D-Bus watch that calls it must keep reading, or the shared connection stalls
+    /// (zbus stops reading when a stream's queue is full) and with it the engine's own calls.
+    pub fn units_changed(&self) {
+        self.units_changed.notify_one();
+    }
+
     pub fn sender(&self) -> &mpsc::Sender<Command> {
         &self.tx
     }
@@ -161,6 +167,8 @@ pub struct Engine<S, P, U> {
     secrets: SecretStore,
     pulls: BTreeMap<String, PullState>,
     force: BTreeSet<String>,
+    /// Services a client connected to: retried if failed, left alone if running.
+    retry: BTreeSet<String>,
     apply_errors: BTreeMap<String, String>,
     waiting: BTreeMap<String, String>,
     counters: Counters,
@@ -169,6 +177,8 @@ pub struct Engine<S, P, U> {
     podman_version: Option<String>,
     pull_tx: mpsc::UnboundedSender<(String, Result<(), String>)>,
     pull_rx: Option<mpsc::UnboundedReceiver<(String, Result<(), String>)>>,
+    /// Set by the D-Bus watch through [`Handle::units_changed`].
+    units_changed: Arc<tokio::sync::Notify>,
     probe_tx: mpsc::UnboundedSender<(String, ProbeStatus)>,
     probe_rx: Option<mpsc::UnboundedReceiver<(String, ProbeStatus)>>,
     probes: BTreeMap<String, ProbeStatus>,
@@ -227,7 +237,9 @@ where
         let proxy = Arc::new(ProxyShared::default());
         let (tx, rx) = mpsc::channel(64);
         let (pull_tx, pull_rx) = mpsc::unbounded_channel();
+        let units_changed = Arc::new(tokio::sync::Notify::new());
         let mut e = Engine {
+            units_changed: units_changed.clone(),
             systemd,
             podman,
             units,
@@ -241,6 +253,7 @@ where
             secrets,
             pulls: BTreeMap::new(),
             force: BTreeSet::new(),
+            retry: BTreeSet::new(),
             apply_errors: BTreeMap::new(),
             waiting: BTreeMap::new(),
             counters: Counters::default(),
@@ -270,6 +283,7 @@ where
                 snapshot: snapshot_rx,
                 specs: specs_rx,
                 proxy,
+                units_changed,
             },
             rx,
         ))
@@ -354,6 +368,7 @@ where
                     uses: svc.uses.clone(),
                     blocked,
                     force: self.force.contains(name),
+                    retry: self.retry.contains(name),
                 },
             );
         }
@@ -480,6 +495,7 @@ where
         let plan = plan::plan(&desired, &actual);
         // A forced (re)start is consumed by planning it once.
         self.force.clear();
+        self.retry.clear();
         self.waiting = plan.waiting.clone();
         let mut failed: BTreeSet<String> = BTreeSet::new();
         for action in &plan.actions {
@@ -1009,10 +1025,15 @@ where
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut dirty_since: Option<tokio::time::Instant> = None;
         let debounce = Duration::from_millis(300);
+        let units_changed = self.units_changed.clone();
         loop {
             let sleep_until = dirty_since.map(|t| t + debounce);
             let cmd = tokio::select! {
                 c = rx.recv() => c,
+                () = units_changed.notified() => {
+                    dirty_since.get_or_insert_with(tokio::time::Instant::now);
+                    continue;
+                }
                 Some((image, result)) = pulls.recv() => Some(Command::PullDone { image, result }),
                 Some((service, status)) = probes.recv() => Some(Command::ProbeDone { service, status }),
                 _ = health_tick.tick() => Some(Command::HealthTick),
@@ -1090,14 +1111,12 @@ where
                         let _caller_may_have_left = reply.send(r);
                     }
                 }
-                Command::UnitChanged(_) => {
-                    dirty_since.get_or_insert_with(tokio::time::Instant::now);
-                }
                 Command::Demand { service, reply } => {
                     let r = if self.catalog.get(&service).is_some_and(|s| s.on_demand) {
                         self.awake.insert(service.clone());
-                        // A client connecting is the user acting: retry a failed unit too.
-                        self.force.insert(service.clone());
+                        // A client connecting is the user acting: retry a failed unit too
+                        // (but never restart one that runs: clients may arrive in a burst).
+                        self.retry.insert(service.clone());
                         let report = self.pass().await;
                         report.errors_of(&service).map_or(Ok(()), Err)
                     } else {
@@ -1170,5 +1189,13 @@ impl crate::proxy::ports::Engine for Handle {
         if self.tx.send(Command::Idle { service }).await.is_err() {
             tracing::debug!("engine gone; idle report dropped");
         }
+    }
+
+    fn seen_idle(&self, service: &str) -> bool {
+        self.snapshot.borrow().as_ref().is_some_and(|s| {
+            s.services
+                .iter()
+                .any(|st| st.name == service && st.state == State::Idle)
+        })
     }
 }

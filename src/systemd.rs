@@ -281,11 +281,12 @@ pub fn unit_name_from_path(path: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// Sends the name of every berth unit whose properties change (state changes, crashes,
-/// restarts) until the receiver is gone or the bus closes.
+/// Calls `changed` for every berth unit whose properties change (state changes, crashes,
+/// restarts) until the bus closes. `changed` must return at once: zbus stops reading the
+/// connection while any stream's queue is full, which would stall every call on it.
 pub async fn watch_units(
     conn: zbus::Connection,
-    tx: tokio::sync::mpsc::Sender<String>,
+    mut changed: impl FnMut(),
 ) -> Result<(), SystemdError> {
     let rule = zbus::MatchRule::builder()
         .msg_type(zbus::message::Type::Signal)
@@ -304,8 +305,9 @@ pub async fn watch_units(
         let Some(name) = header.path().and_then(|p| unit_name_from_path(p.as_str())) else {
             continue;
         };
-        if name.starts_with(crate::units::PREFIX) && tx.send(name).await.is_err() {
-            break;
+        // `changed` must not wait: this stream has to be read continuously (see its caller).
+        if name.starts_with(crate::units::PREFIX) {
+            changed();
         }
     }
     Ok(())

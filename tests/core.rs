@@ -114,6 +114,26 @@ fn daemon_killed_with_sigkill_leaves_services_running_and_converges_without_rest
         Some(started.as_str()),
         "container was not restarted"
     );
+
+    // A stop (SIGTERM) ends the daemon promptly even with a request that never ends open
+    // (`berth logs -f`), and leaves the service running.
+    let mut follower = w
+        .cmd(&["logs", "-f", "it-kill"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("berth logs -f");
+    std::thread::sleep(Duration::from_millis(500));
+    let t = std::time::Instant::now();
+    w.stop_daemon();
+    let _already_gone = follower.kill();
+    let _reaped = follower.wait();
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "the daemon took {:?} to stop",
+        t.elapsed()
+    );
+    assert_eq!(unit_active("berth-it-kill.service"), "active");
 }
 
 #[test]

@@ -76,6 +76,34 @@ fn first_connection_starts_an_on_demand_service_and_idle_stops_it() {
 }
 
 #[test]
+fn a_burst_of_first_connections_starts_the_service_once_and_all_are_served() {
+    let Some(_serial) = session("on_demand_burst") else {
+        return;
+    };
+    let mut w = World::new(&["it-burst"]);
+    w.catalog_file("it-burst.toml", &on_demand_service("it-burst", 18204, "1h"));
+    w.start_daemon();
+    w.ok(&["enable", "it-burst"]);
+    assert_eq!(w.status("it-burst")["state"], "idle");
+    // 24 clients at once, like a browser opening a page with its assets.
+    let clients: Vec<_> = (0..24)
+        .map(|_| std::thread::spawn(|| http_get(18204)))
+        .collect();
+    for (i, c) in clients.into_iter().enumerate() {
+        let page = c.join().expect("client thread");
+        assert!(
+            page.as_deref().is_ok_and(|p| p.contains("berth demo")),
+            "client {i}: {page:?}"
+        );
+    }
+    let m = w.metrics();
+    assert!(
+        m.contains("berth_on_demand_starts_total{service=\"it-burst\"} 1"),
+        "one start for the whole burst: {m}"
+    );
+}
+
+#[test]
 fn clients_connecting_during_a_restart_of_berth_are_served() {
     let Some(_serial) = session("restart") else {
         return;

@@ -27,6 +27,7 @@ fn want(choice: Choice, units: Vec<UnitFile>) -> DesiredService {
         uses: vec![],
         blocked: None,
         force: false,
+        retry: false,
     }
 }
 
@@ -205,6 +206,31 @@ fn failed_unit_waits_for_user_then_retries_on_force() {
             "start berth-demo.service"
         ]
     );
+}
+
+#[test]
+fn a_connection_retries_a_failed_unit_but_never_restarts_a_running_one() {
+    let mut ds = want(Choice::On, vec![unit("berth-demo.service", "A")]);
+    ds.retry = true;
+    let mut a = Actual {
+        unit_files: [("berth-demo.service".to_string(), "A".to_string())].into(),
+        units: [state("berth-demo.service", "failed")].into(),
+        images: [("localhost/demo:1".to_string(), true)].into(),
+        ..Actual::default()
+    };
+    assert_eq!(
+        names(&plan(&desired(vec![("demo", ds.clone())]), &a)),
+        [
+            "write files of demo",
+            "reset-failed berth-demo.service",
+            "start berth-demo.service"
+        ]
+    );
+    for running in ["active", "activating"] {
+        a.units = [state("berth-demo.service", running)].into();
+        let p = plan(&desired(vec![("demo", ds.clone())]), &a);
+        assert!(p.is_empty(), "{running}: {:?}", names(&p));
+    }
 }
 
 #[test]

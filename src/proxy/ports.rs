@@ -65,6 +65,9 @@ pub trait Engine: Send + Sync + Clone + 'static {
     fn demand(&self, service: &str) -> impl Future<Output = Result<(), String>> + Send;
     /// The service had no connection for its idle time.
     fn idle(&self, service: &str) -> impl Future<Output = ()> + Send;
+    /// Whether the engine last saw the service idle (on-demand and not running): its first
+    /// connection can start it at once, without asking Podman first.
+    fn seen_idle(&self, service: &str) -> bool;
 }
 
 /// Start-on-demand figures of one service.
@@ -74,6 +77,9 @@ pub struct DemandStats {
     /// Sum and last of the time from the first byte of demand to a ready backend, in µs.
     pub wait_us_sum: AtomicU64,
     pub wait_us_last: AtomicU64,
+    /// When the start in progress was asked for: the clients that arrive meanwhile wait for
+    /// it instead of asking (and counting) again.
+    asked: Mutex<Option<Instant>>,
 }
 
 #[derive(Debug)]
@@ -598,7 +604,38 @@ async fn ready(b: Backend, container_port: u16) -> bool {
     }
 }
 
-async fn cold_backend<P: Podman, E: Engine>(
+/// Asks the engine to start the service unless another connection just did; whether this one
+/// asked.
+async fn demand_once<E: Engine>(
+    spec: &PortSpec,
+    engine: &E,
+    shared: &Shared,
+) -> Result<bool, String> {
+    if !first_to_demand(shared, spec) {
+        return Ok(false);
+    }
+    if let Err(err) = engine.demand(&spec.service).await {
+        // The next connection tries again.
+        *lock(&shared.demand_stats(&spec.service).asked) = None;
+        return Err(err);
+    }
+    Ok(true)
+}
+
+/// Whether this connection should ask the engine for the start (and count it): not when
+/// another one asked within the start wait and the service has not come up since.
+fn first_to_demand(shared: &Shared, spec: &PortSpec) -> bool {
+    let stats = shared.demand_stats(&spec.service);
+    let mut asked = lock(&stats.asked);
+    if asked.is_some_and(|t| t.elapsed() < spec.start_wait) {
+        return false;
+    }
+    *asked = Some(Instant::now());
+    stats.starts.fetch_add(1, Ordering::Relaxed);
+    true
+}
+
+async fn cold_backend<P: Podman + Clone + 'static, E: Engine>(
     spec: &PortSpec,
     podman: &P,
     engine: &E,
@@ -610,11 +647,27 @@ async fn cold_backend<P: Podman, E: Engine>(
     } else {
         WAIT_NOT_ON_DEMAND
     };
-    let mut demanded = false;
+    // Whether a start was asked for (by this connection or one before it), and whether by this
+    // one: only that one records the time to ready.
+    let (mut demanded, mut asked_here) = (false, false);
+    if spec.on_demand && engine.seen_idle(&spec.service) {
+        // Start at once; meanwhile wake Podman's API service (socket-activated, it exits when
+        // idle and takes tens of ms to come back), which the wait below asks.
+        let wake = podman.clone();
+        tokio::spawn(async move {
+            let _answer_or_not = wake.ping().await;
+        });
+        asked_here = demand_once(spec, engine, shared).await?;
+        demanded = true;
+    }
     loop {
         if let Some(b) = resolve(spec, podman, shared).await {
             if ready(b, spec.container_port).await {
                 if demanded {
+                    let stats = shared.demand_stats(&spec.service);
+                    *lock(&stats.asked) = None;
+                }
+                if asked_here {
                     let stats = shared.demand_stats(&spec.service);
                     let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
                     stats.wait_us_sum.fetch_add(us, Ordering::Relaxed);
@@ -624,11 +677,7 @@ async fn cold_backend<P: Podman, E: Engine>(
                 return Ok(b);
             }
         } else if spec.on_demand && !demanded {
-            shared
-                .demand_stats(&spec.service)
-                .starts
-                .fetch_add(1, Ordering::Relaxed);
-            engine.demand(&spec.service).await?;
+            asked_here = demand_once(spec, engine, shared).await?;
             demanded = true;
             continue;
         }
