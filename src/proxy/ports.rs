@@ -458,7 +458,7 @@ async fn connection<P: Podman + Clone + 'static, E: Engine>(
         if !fresh {
             refresh(spec, podman, shared);
         }
-        if let Ok(backend) = connect(shared, b, spec.container_port, counters).await {
+        if let Ok(backend) = connect(shared, b, spec.container_port, fresh, counters).await {
             return forward::pipe(client, backend, counters)
                 .await
                 .map(|_| ())
@@ -473,7 +473,7 @@ async fn connection<P: Podman + Clone + 'static, E: Engine>(
         ));
     };
     let b = cold_backend(spec, podman, engine, shared).await?;
-    let backend = connect(shared, b, spec.container_port, counters)
+    let backend = connect(shared, b, spec.container_port, true, counters)
         .await
         .map_err(|e| format!("connect {}: {e}", b.published))?;
     forward::pipe(client, backend, counters)
@@ -483,11 +483,13 @@ async fn connection<P: Podman + Clone + 'static, E: Engine>(
 }
 
 /// A connection to the application: inside the container's network namespace where possible,
-/// else through the published port.
+/// else through the published port — only a `fresh` one: a container that stopped since may
+/// have handed its published port to another.
 async fn connect(
     shared: &Shared,
     b: Backend,
     container_port: u16,
+    fresh: bool,
     counters: &Counters,
 ) -> std::io::Result<TcpStream> {
     if let Some(ns) = shared.netns(b.pid) {
@@ -508,6 +510,12 @@ async fn connect(
                 lock(&shared.netns).insert(b.pid, None);
             }
         }
+    }
+    if !fresh {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "backend to be resolved again",
+        ));
     }
     TcpStream::connect(b.published).await
 }
