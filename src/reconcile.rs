@@ -97,6 +97,19 @@ pub enum Command {
     },
 }
 
+/// A container inspection kept between health snapshots.
+#[derive(Debug)]
+struct Inspected {
+    inspect: Option<ContainerInspect>,
+    /// The container unit's (ActiveState, SubState) when inspected.
+    unit: Option<(String, String)>,
+    at: tokio::time::Instant,
+}
+
+/// How long a snapshot reuses the inspection of a container without a health check whose unit
+/// did not change state.
+const INSPECT_MAX_AGE: Duration = Duration::from_secs(300);
+
 /// A cheap handle for sending commands to the engine task.
 #[derive(Debug, Clone)]
 pub struct Handle {
@@ -184,6 +197,9 @@ pub struct Engine<S, P, U> {
     probes: BTreeMap<String, ProbeStatus>,
     probing: BTreeSet<String>,
     since: BTreeMap<String, (State, u64)>,
+    /// Container inspections of the last health snapshots, by container name (see
+    /// [`Engine::inspect_for_snapshot`]).
+    inspected: BTreeMap<String, Inspected>,
     snapshot_tx: watch::Sender<Option<Arc<Snapshot>>>,
     /// On-demand services that were asked for and not idle since.
     awake: BTreeSet<String>,
@@ -265,6 +281,7 @@ where
             probe_rx: Some(probe_rx),
             probes: BTreeMap::new(),
             probing: BTreeSet::new(),
+            inspected: BTreeMap::new(),
             since: BTreeMap::new(),
             snapshot_tx,
             awake: BTreeSet::new(),
@@ -746,10 +763,20 @@ where
             let want_inspect = ustate.is_some_and(|u| u.active != "inactive") || only.is_some();
             for ctr in &svc.containers {
                 let cname = units::container_name(svc, ctr);
-                let inspect: Option<ContainerInspect> = if want_inspect {
-                    self.podman.inspect(&cname).await.ok().flatten()
-                } else {
+                let inspect: Option<ContainerInspect> = if !want_inspect {
+                    self.inspected.remove(&cname);
                     None
+                } else if only.is_some() {
+                    // Someone asks about this service now: always fresh.
+                    self.inspect_fresh(&cname, units.get(&units::container_unit(svc, ctr)))
+                        .await
+                } else {
+                    self.inspect_for_snapshot(
+                        ctr,
+                        &cname,
+                        units.get(&units::container_unit(svc, ctr)),
+                    )
+                    .await
                 };
                 containers.push(ContainerStatus {
                     name: cname,
@@ -933,6 +960,48 @@ where
         }
     }
 
+    /// Inspects a container and remembers the answer with the state of its unit.
+    async fn inspect_fresh(
+        &mut self,
+        cname: &str,
+        unit: Option<&UnitState>,
+    ) -> Option<ContainerInspect> {
+        let inspect = self.podman.inspect(cname).await.ok().flatten();
+        self.inspected.insert(
+            cname.to_string(),
+            Inspected {
+                inspect: inspect.clone(),
+                unit: unit.map(|u| (u.active.clone(), u.sub.clone())),
+                at: tokio::time::Instant::now(),
+            },
+        );
+        inspect
+    }
+
+    /// A container's inspection for the periodic health snapshot. Asking Podman every tick
+    /// would wake its socket-activated API service (which exits after 5 s idle) every 10 s;
+    /// so the last answer is kept while the container's unit stays in the same state, up to
+    /// the container's health-check interval (its health can only change that often; at
+    /// least every 30 s) or, without a health check, up to [`INSPECT_MAX_AGE`].
+    async fn inspect_for_snapshot(
+        &mut self,
+        ctr: &crate::catalog::Container,
+        cname: &str,
+        unit: Option<&UnitState>,
+    ) -> Option<ContainerInspect> {
+        let max_age = ctr.health.as_ref().map_or(INSPECT_MAX_AGE, |h| {
+            h.interval
+                .clamp(Duration::from_secs(1), Duration::from_secs(30))
+        });
+        let key = unit.map(|u| (u.active.clone(), u.sub.clone()));
+        if let Some(last) = self.inspected.get(cname) {
+            if last.unit == key && last.at.elapsed() < max_age {
+                return last.inspect.clone();
+            }
+        }
+        self.inspect_fresh(cname, unit).await
+    }
+
     /// Starts the probes that are due, each in its own task.
     fn start_probes(&mut self) {
         let now = now_unix();
@@ -961,6 +1030,12 @@ where
                 continue;
             };
             let container = units::container_name(svc, &svc.containers[0]);
+            // The published port as the last snapshot saw it; Podman is asked only without one.
+            let known = self
+                .inspected
+                .get(&container)
+                .and_then(|i| i.inspect.clone())
+                .filter(|i| i.running && i.ports.contains_key(&container_port));
             let (p, name, tx, podman) = (
                 p.clone(),
                 name.clone(),
@@ -968,7 +1043,11 @@ where
                 self.podman.clone(),
             );
             tokio::spawn(async move {
-                let status = match podman.inspect(&container).await {
+                let inspect = match known {
+                    Some(i) => Ok(Some(i)),
+                    None => podman.inspect(&container).await,
+                };
+                let status = match inspect {
                     Ok(Some(i)) => match i.ports.get(&container_port) {
                         Some(host) => {
                             health::probe(&p, std::net::SocketAddr::from(([127, 0, 0, 1], *host)))

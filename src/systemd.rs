@@ -98,7 +98,11 @@ pub struct UserManager {
 
 impl UserManager {
     pub async fn connect() -> Result<Self, SystemdError> {
-        let conn = zbus::Connection::session()
+        // A call that systemd never answers must not hold the engine forever: systemd answers
+        // at once (jobs are waited for separately, bounded), so 30 s means something is wrong.
+        let conn = zbus::connection::Builder::session()
+            .method_timeout(Duration::from_secs(30))
+            .build()
             .await
             .map_err(SystemdError::Connect)?;
         let manager = ManagerProxy::new(&conn)

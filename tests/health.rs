@@ -140,3 +140,42 @@ fn crashing_container_ends_failed_with_its_last_log_lines_and_restarts_stop() {
     wait_state(&w, "it-crash", "running", Duration::from_secs(30));
     assert_page(18194);
 }
+
+/// The invocation of the user's socket-activated Podman API service (it exits after 5 s
+/// without requests), or "" while it never ran.
+fn podman_service_invocation() -> String {
+    let o = systemctl(&["show", "podman.service", "-p", "InvocationID", "--value"]);
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+#[test]
+fn a_steady_service_leaves_podmans_api_service_asleep() {
+    let Some(_serial) = session("podman_asleep") else {
+        return;
+    };
+    // No health check and no probe: nothing about it can change without its unit changing.
+    let mut w = World::new(&["it-steady"]);
+    w.catalog_file("it-steady.toml", &web_service("it-steady", 18205));
+    w.start_daemon();
+    w.ok(&["enable", "it-steady", "--settle", "0"]);
+    assert_page(18205);
+    // Let the API service finish its idle time after the start.
+    std::thread::sleep(Duration::from_secs(7));
+    let first = podman_service_invocation();
+    let mut seen = std::collections::BTreeSet::new();
+    // Three health ticks (every 10 s) of the daemon.
+    for _ in 0..32 {
+        seen.insert(podman_service_invocation());
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    seen.remove(&first);
+    assert!(
+        seen.is_empty(),
+        "berth woke Podman's API service {} times in 32 s while nothing changed",
+        seen.len()
+    );
+    // The health snapshot still tells the truth when asked directly.
+    let st = w.status("it-steady");
+    assert_eq!(st["state"], "running", "{st}");
+    assert_eq!(st["containers"][0]["state"], "running", "{st}");
+}
