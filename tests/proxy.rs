@@ -147,6 +147,19 @@ fn clients_connecting_during_a_restart_of_berth_are_served() {
         &failed[..failed.len().min(5)]
     );
     assert!(ok > 20, "client made only {ok} requests");
+    // Under berth's own unit (NoNewPrivileges=yes) connections still go straight into the
+    // container.
+    let m = w.metrics();
+    let inside = m
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "berth_proxy_inside_connections_total{service=\"it-rs\",port=\"18197\"} ",
+            )
+        })
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(inside > 0, "no connection went inside the container:\n{m}");
     let _disable = w.berth(&["disable", "it-rs"]);
 }
 
