@@ -63,6 +63,10 @@ impl Netns {
         if pid == 0 {
             return Err(io::Error::new(io::ErrorKind::NotFound, "no process"));
         }
+        // `pid` comes from a Podman inspect a moment ago. Should the container have died since
+        // and its pid been reused, the new process would have to be the same user's and live
+        // in a namespace of its own for this to pick the wrong one; the window is the time
+        // between that inspect and these two opens.
         let user = File::open(format!("/proc/{pid}/ns/user"))?;
         let net = File::open(format!("/proc/{pid}/ns/net"))?;
         if same_namespace(&net, "net")? {
