@@ -461,3 +461,57 @@ fn berths_own_unit_starts_as_a_notify_service() {
         text(&answered)
     );
 }
+
+/// Starts the user's Podman API socket again however the test ends.
+struct RestartPodmanSocket;
+
+impl Drop for RestartPodmanSocket {
+    fn drop(&mut self) {
+        let _started = systemctl(&["start", "podman.socket"]);
+    }
+}
+
+#[test]
+fn a_dead_podman_api_socket_tears_nothing_down_and_the_stable_port_keeps_serving() {
+    let Some(_serial) = session("dead_podman") else {
+        return;
+    };
+    let mut w = World::new(&["it-nopodman", "it-nopodman2"]);
+    w.catalog_file("it-nopodman.toml", &web_service("it-nopodman", 18206));
+    w.catalog_file("it-nopodman2.toml", &web_service("it-nopodman2", 18207));
+    w.start_daemon();
+    w.ok(&["enable", "it-nopodman", "--settle", "0"]);
+    assert_page(18206);
+
+    let _restore = RestartPodmanSocket;
+    let o = systemctl(&["stop", "podman.socket", "podman.service"]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    // A pass changes nothing, the unit keeps running, and the page is still served, also
+    // after the proxy's knowledge of the container has gone stale (2 s).
+    let report: serde_json::Value =
+        serde_json::from_str(&w.ok(&["reconcile", "--json"])).expect("json");
+    assert_eq!(report["applied"], serde_json::json!([]), "{report}");
+    for _ in 0..4 {
+        let page = http_get(18206);
+        assert!(
+            page.as_deref().is_ok_and(|p| p.contains("berth demo")),
+            "served without Podman's API: {page:?}"
+        );
+        std::thread::sleep(Duration::from_millis(1000));
+    }
+    assert_eq!(unit_active("berth-it-nopodman.service"), "active");
+    assert_eq!(w.status("it-nopodman")["state"], "running");
+
+    // What needs Podman says so, naming the socket.
+    let o = w.berth(&["enable", "it-nopodman2"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("podman.socket"), "{}", text(&o));
+
+    // Back: everything converges.
+    let o = systemctl(&["start", "podman.socket"]);
+    assert!(o.status.success(), "{}", text(&o));
+    w.ok(&["enable", "it-nopodman2"]);
+    assert_page(18207);
+    assert_page(18206);
+}

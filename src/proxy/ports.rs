@@ -535,10 +535,18 @@ fn refresh<P: Podman + Clone + 'static>(spec: &PortSpec, podman: &P, shared: &Ar
 
 /// The published address of the service's port and the container's pid.
 async fn resolve<P: Podman>(spec: &PortSpec, podman: &P, shared: &Shared) -> Option<Backend> {
-    let inspect = podman.inspect(&spec.container).await.ok().flatten();
+    let key = (spec.service.clone(), spec.container_port);
+    let inspect = match podman.inspect(&spec.container).await {
+        Ok(i) => i,
+        Err(err) => {
+            // Podman's API does not answer (its socket stopped, a hang): what runs keeps
+            // running, so keep forwarding to where the container was last seen.
+            debug!(%err, service = %spec.service, "cannot ask Podman; using the last known backend");
+            return lock(&shared.backends).get(&key).map(|(b, _)| *b);
+        }
+    };
     let Some(inspect) = inspect.filter(|i| i.running) else {
         // Gone or stopped: its namespace helper can go too.
-        let key = (spec.service.clone(), spec.container_port);
         if lock(&shared.backends).remove(&key).is_some() {
             shared.prune_netns();
         }
@@ -550,10 +558,7 @@ async fn resolve<P: Podman>(spec: &PortSpec, podman: &P, shared: &Shared) -> Opt
         pid: inspect.pid,
     };
     let replaced = lock(&shared.backends)
-        .insert(
-            (spec.service.clone(), spec.container_port),
-            (b, Instant::now()),
-        )
+        .insert(key, (b, Instant::now()))
         .is_some_and(|(old, _)| old.pid != b.pid);
     if replaced {
         shared.prune_netns();
