@@ -416,6 +416,9 @@ async fn ls(json: bool) -> Result<()> {
             "warning: the newest catalog is broken; the last good one stays in force:\n{e}\n"
         );
     }
+    if let Some(e) = &info.podman_error {
+        eprintln!("warning: {e}; services keep running, container details may be old\n");
+    }
     println!(
         "{:<14} {:<9} {:<10} {:<22} REASON",
         "NAME", "CHOICE", "STATE", "PORTS"

@@ -324,6 +324,12 @@ fn registry(snap: &Snapshot) -> Registry {
          else 0",
         ConstGauge::new(i64::from(d.catalog_error.is_some())),
     );
+    r.register(
+        "berth_podman_up",
+        "1 while Podman's API answered the daemon's last question, else 0 (services keep \
+         running without it)",
+        ConstGauge::new(i64::from(d.podman_error.is_none())),
+    );
     r.register_with_unit(
         "berth_snapshot_timestamp",
         "Unix time at which these numbers were taken",
@@ -736,6 +742,7 @@ mod tests {
                 catalog_services: 2,
                 catalog_serial: "5e1a".into(),
                 catalog_error: None,
+                podman_error: None,
                 counters: Counters {
                     passes: 7,
                     systemd_writes: 3,
@@ -790,6 +797,7 @@ mod tests {
             "berth_podman_writes_total 1",
             "berth_file_writes_total 4",
             "berth_catalog_error 0",
+            "berth_podman_up 1",
             "# UNIT berth_snapshot_timestamp_seconds seconds",
             "berth_snapshot_timestamp_seconds 1700000100",
         ] {

@@ -435,6 +435,7 @@ mod tests {
                 catalog_services: services.len(),
                 catalog_serial: String::new(),
                 catalog_error: None,
+                podman_error: None,
                 counters: Counters::default(),
             },
             services: services

@@ -200,6 +200,8 @@ pub struct Engine<S, P, U> {
     /// Container inspections of the last health snapshots, by container name (see
     /// [`Engine::inspect_for_snapshot`]).
     inspected: BTreeMap<String, Inspected>,
+    /// The last inspection's failure to reach Podman, until one succeeds.
+    podman_error: Option<String>,
     snapshot_tx: watch::Sender<Option<Arc<Snapshot>>>,
     /// On-demand services that were asked for and not idle since.
     awake: BTreeSet<String>,
@@ -282,6 +284,7 @@ where
             probes: BTreeMap::new(),
             probing: BTreeSet::new(),
             inspected: BTreeMap::new(),
+            podman_error: None,
             since: BTreeMap::new(),
             snapshot_tx,
             awake: BTreeSet::new(),
@@ -966,7 +969,20 @@ where
         cname: &str,
         unit: Option<&UnitState>,
     ) -> Option<ContainerInspect> {
-        let inspect = self.podman.inspect(cname).await.ok().flatten();
+        let inspect = match self.podman.inspect(cname).await {
+            Ok(i) => {
+                self.podman_error = None;
+                i
+            }
+            Err(err) => {
+                if self.podman_error.is_none() {
+                    warn!(%err, "Podman's API does not answer; services keep running");
+                }
+                self.podman_error = Some(err.to_string());
+                // What was last seen stays the best knowledge.
+                return self.inspected.get(cname).and_then(|i| i.inspect.clone());
+            }
+        };
         self.inspected.insert(
             cname.to_string(),
             Inspected {
@@ -1085,6 +1101,7 @@ where
             catalog_services: self.catalog.services.len(),
             catalog_serial: self.catalog.serial.clone(),
             catalog_error: self.catalog_error.clone(),
+            podman_error: self.podman_error.clone(),
             counters: self.counters.clone(),
         }
     }

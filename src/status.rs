@@ -130,6 +130,10 @@ pub struct DaemonInfo {
     pub catalog_serial: String,
     /// Set while the newest catalog is broken; the last good one stays in force.
     pub catalog_error: Option<String>,
+    /// Set while Podman's API did not answer the daemon's last question (services keep
+    /// running; container details in the states may be old).
+    #[serde(default)]
+    pub podman_error: Option<String>,
     pub counters: Counters,
 }
 

@@ -502,6 +502,13 @@ fn a_dead_podman_api_socket_tears_nothing_down_and_the_stable_port_keeps_serving
     }
     assert_eq!(unit_active("berth-it-nopodman.service"), "active");
     assert_eq!(w.status("it-nopodman")["state"], "running");
+    let ls = w.berth(&["ls"]);
+    assert!(ls.status.success(), "{}", text(&ls));
+    assert!(
+        text(&ls).contains("warning:") && text(&ls).contains("podman.socket"),
+        "ls says Podman does not answer: {}",
+        text(&ls)
+    );
 
     // What needs Podman says so, naming the socket.
     let o = w.berth(&["enable", "it-nopodman2"]);
@@ -514,4 +521,5 @@ fn a_dead_podman_api_socket_tears_nothing_down_and_the_stable_port_keeps_serving
     w.ok(&["enable", "it-nopodman2"]);
     assert_page(18207);
     assert_page(18206);
+    assert!(w.info()["podman_error"].is_null(), "{}", w.info());
 }

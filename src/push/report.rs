@@ -96,6 +96,9 @@ pub struct Berth {
     pub podman_version: Option<String>,
     pub catalog_serial: String,
     pub catalog_error: Option<String>,
+    /// Set while Podman's API does not answer the daemon.
+    #[serde(default)]
+    pub podman_error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,6 +154,7 @@ impl Report {
                 podman_version: snap.daemon.podman_version.clone(),
                 catalog_serial: snap.daemon.catalog_serial.clone(),
                 catalog_error: snap.daemon.catalog_error.clone(),
+                podman_error: snap.daemon.podman_error.clone(),
             },
             services: snap
                 .services
@@ -284,6 +288,7 @@ pub(crate) mod tests {
                 catalog_services: services.len(),
                 catalog_serial: "00000000deadbeef".into(),
                 catalog_error: None,
+                podman_error: None,
                 counters: Counters::default(),
             },
             services: services
@@ -350,7 +355,8 @@ pub(crate) mod tests {
                 "version": "0.1.0",
                 "podman_version": "5.4.2",
                 "catalog_serial": "00000000deadbeef",
-                "catalog_error": null
+                "catalog_error": null,
+                "podman_error": null
             },
             "services": [{
                 "name": "demo",
