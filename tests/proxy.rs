@@ -327,4 +327,58 @@ fn connections_go_straight_into_the_container_past_podmans_port_forwarder() {
         count("berth_proxy_connections_total"),
     );
     assert!(inside >= 4 && inside == all, "{inside} of {all} inside");
+
+    // The socket helper leaves after 30 s without a request (and is reaped), and a new one
+    // serves once the pooled sockets are used up.
+    let daemon = w.daemon_pid();
+    assert!(!children(daemon).is_empty(), "a helper runs");
+    std::thread::sleep(Duration::from_secs(32));
+    let left: Vec<(u32, String)> = children(daemon);
+    assert!(
+        left.is_empty(),
+        "helpers (pid, state) still there: {left:?}"
+    );
+    for i in 0..40 {
+        let page = http_get(18202);
+        assert!(
+            page.as_deref().is_ok_and(|p| p.contains("berth demo")),
+            "request {i} after the helper left: {page:?}"
+        );
+    }
+    let m = w.metrics();
+    let again = m
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "berth_proxy_inside_connections_total{service=\"it-inside\",port=\"18202\"} ",
+            )
+        })
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    assert_eq!(again, inside + 40, "all 40 went inside");
+}
+
+/// The child processes of `pid` with their state letter (Z: a zombie nobody reaped).
+fn children(pid: u32) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for child in list
+            .split_whitespace()
+            .filter_map(|c| c.parse::<u32>().ok())
+        {
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .unwrap_or("?")
+                .to_string();
+            out.push((child, state));
+        }
+    }
+    out
 }

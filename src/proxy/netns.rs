@@ -13,7 +13,9 @@
 //! user that owns the rootless user namespace, no privilege is needed for that). The helper
 //! drops every capability, creates sockets on request, sends them back over a
 //! `SOCK_SEQPACKET` pair with `SCM_RIGHTS`, and exits when berth closes its end (also when berth
-//! dies). Sockets are fetched in batches and pooled, so a connection costs no round trip.
+//! dies) or after 30 s without a request; berth starts a new one when it needs sockets again,
+//! from the namespace handles it keeps. Sockets are fetched in batches and pooled, so a
+//! connection costs no round trip.
 //!
 //! Whenever any of this is impossible (no access to the namespaces, the application listens on
 //! the container's external address only…), the proxy uses the published port.
@@ -37,16 +39,28 @@ use tokio::net::TcpSocket;
 /// Sockets fetched from the helper at a time.
 const BATCH: usize = 32;
 
+/// A helper with no request for this long exits; the next request starts a new one (a few
+/// ms). Idle services then cost no process.
+const HELPER_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Sockets from inside one container's network namespace.
 #[derive(Debug)]
 pub struct Netns {
+    /// The container's namespaces, held open: a helper started later enters exactly these,
+    /// whatever became of the pid they were found by.
+    user: Option<File>,
+    net: File,
+    /// The running helper, if any; also serialises requests to it.
+    helper: tokio::sync::Mutex<Option<Helper>>,
+    pool: Mutex<Vec<OwnedFd>>,
+}
+
+/// A running helper. It exits by itself when `chan` closes (this is dropped) or after
+/// [`HELPER_IDLE`]; a task reaps it then.
+#[derive(Debug)]
+struct Helper {
     /// Our end of the pair to the helper (non-blocking).
     chan: AsyncFd<OwnedFd>,
-    /// One request to the helper at a time.
-    asking: tokio::sync::Mutex<()>,
-    pool: Mutex<Vec<OwnedFd>>,
-    /// Killed and reaped when dropped; it also exits by itself when `chan` closes.
-    _helper: tokio::process::Child,
 }
 
 fn same_namespace(a: &File, ns: &str) -> io::Result<bool> {
@@ -56,10 +70,9 @@ fn same_namespace(a: &File, ns: &str) -> io::Result<bool> {
 }
 
 impl Netns {
-    /// Starts a helper in the network namespace of process `pid` (a container's main process).
-    /// Errors when the namespace cannot be entered; callers then use the published port.
-    #[allow(unsafe_code)]
-    pub fn spawn(pid: u32) -> io::Result<Netns> {
+    /// Opens the namespaces of process `pid` (a container's main process) and starts a helper
+    /// there. Errors when they cannot be entered; callers then use the published port.
+    pub fn open(pid: u32) -> io::Result<Netns> {
         if pid == 0 {
             return Err(io::Error::new(io::ErrorKind::NotFound, "no process"));
         }
@@ -77,7 +90,24 @@ impl Netns {
             ));
         }
         // Joining one's own user namespace is an error; the network namespace is all we need.
-        let join_user = !same_namespace(&user, "user")?;
+        let user = (!same_namespace(&user, "user")?).then_some(user);
+        let ns = Netns {
+            user,
+            net,
+            helper: tokio::sync::Mutex::new(None),
+            pool: Mutex::new(Vec::new()),
+        };
+        // Start it now, so that an error shows here and not at the first connection.
+        let first = ns.start_helper()?;
+        *ns.helper
+            .try_lock()
+            .map_err(|_| io::Error::other("helper busy"))? = Some(first);
+        Ok(ns)
+    }
+
+    /// Starts `berth netns-sockets` inside the namespaces.
+    #[allow(unsafe_code)]
+    fn start_helper(&self) -> io::Result<Helper> {
         let (ours, theirs) = rustix::net::socketpair(
             AddressFamily::UNIX,
             SocketType::SEQPACKET,
@@ -89,37 +119,36 @@ impl Netns {
         cmd.arg("netns-sockets")
             .stdin(Stdio::from(theirs))
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true);
-        let (user_fd, net_fd) = (user.as_raw_fd(), net.as_raw_fd());
+            .stderr(Stdio::inherit());
+        let user_fd = self.user.as_ref().map(|u| u.as_raw_fd());
+        let net_fd = self.net.as_raw_fd();
         // SAFETY: the closure runs in the forked child before exec and only makes setns(2)
-        // system calls (async-signal-safe, no allocation). Both descriptors stay open in the
-        // parent until spawn returns, so they are valid in the child.
+        // system calls (async-signal-safe, no allocation). The descriptors belong to `self`,
+        // which outlives this call, so they are open in the child.
         unsafe {
             cmd.pre_exec(move || {
-                let (user, net) = (
-                    BorrowedFd::borrow_raw(user_fd),
-                    BorrowedFd::borrow_raw(net_fd),
-                );
-                if join_user {
-                    rustix::thread::move_into_link_name_space(user, Some(LinkNameSpaceType::User))?;
+                if let Some(fd) = user_fd {
+                    rustix::thread::move_into_link_name_space(
+                        BorrowedFd::borrow_raw(fd),
+                        Some(LinkNameSpaceType::User),
+                    )?;
                 }
-                rustix::thread::move_into_link_name_space(net, Some(LinkNameSpaceType::Network))?;
+                rustix::thread::move_into_link_name_space(
+                    BorrowedFd::borrow_raw(net_fd),
+                    Some(LinkNameSpaceType::Network),
+                )?;
                 Ok(())
             });
         }
-        let helper = cmd.spawn()?;
-        drop((user, net));
+        let mut child = cmd.spawn()?;
+        tokio::spawn(async move {
+            let _status = child.wait().await;
+        });
         rustix::io::ioctl_fionbio(&ours, true)?;
         // SAFETY: `ours` is an open descriptor the AsyncFd owns from here on; nothing else
         // closes it.
         let chan = unsafe { AsyncFd::register(ours) }.map_err(io::Error::from)?;
-        Ok(Netns {
-            chan,
-            asking: tokio::sync::Mutex::new(()),
-            pool: Mutex::new(Vec::new()),
-            _helper: helper,
-        })
+        Ok(Helper { chan })
     }
 
     fn pop(&self) -> Option<TcpSocket> {
@@ -132,12 +161,22 @@ impl Netns {
         if let Some(s) = self.pop() {
             return Ok(s);
         }
-        let _one = self.asking.lock().await;
+        let mut helper = self.helper.lock().await;
         // Someone else may have refilled the pool while we waited.
         if let Some(s) = self.pop() {
             return Ok(s);
         }
-        let fds = self.ask(BATCH).await?;
+        let fds = match helper.as_ref() {
+            Some(h) => match ask(h, BATCH).await {
+                Ok(fds) => fds,
+                // It left for idleness (or died): once more with a new one.
+                Err(_gone) => {
+                    let h = helper.insert(self.start_helper()?);
+                    ask(h, BATCH).await?
+                }
+            },
+            None => ask(helper.insert(self.start_helper()?), BATCH).await?,
+        };
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         pool.extend(fds);
         let fd = pool
@@ -145,36 +184,37 @@ impl Netns {
             .ok_or_else(|| io::Error::other("the netns helper sent no sockets"))?;
         Ok(TcpSocket::from_std_stream(std::net::TcpStream::from(fd)))
     }
+}
 
-    async fn ask(&self, n: usize) -> io::Result<Vec<OwnedFd>> {
-        let want = [u8::try_from(n).unwrap_or(u8::MAX)];
-        loop {
-            let mut ready = self.chan.writable().await?;
-            match ready.try_io(|fd| {
-                rustix::net::send(fd.get_ref(), &want, SendFlags::NOSIGNAL).map_err(io::Error::from)
-            }) {
-                Ok(sent) => {
-                    sent?;
-                    break;
-                }
-                Err(_would_block) => continue,
+/// Asks a helper for `n` sockets.
+async fn ask(helper: &Helper, n: usize) -> io::Result<Vec<OwnedFd>> {
+    let want = [u8::try_from(n).unwrap_or(u8::MAX)];
+    loop {
+        let mut ready = helper.chan.writable().await?;
+        match ready.try_io(|fd| {
+            rustix::net::send(fd.get_ref(), &want, SendFlags::NOSIGNAL).map_err(io::Error::from)
+        }) {
+            Ok(sent) => {
+                sent?;
+                break;
             }
+            Err(_would_block) => continue,
         }
-        loop {
-            let mut ready = self.chan.readable().await?;
-            match ready.try_io(|fd| recv_fds(fd.get_ref(), RecvFlags::CMSG_CLOEXEC)) {
-                Ok(got) => {
-                    let (bytes, fds) = got?;
-                    if bytes == 0 {
-                        return Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "the netns helper has exited",
-                        ));
-                    }
-                    return Ok(fds);
+    }
+    loop {
+        let mut ready = helper.chan.readable().await?;
+        match ready.try_io(|fd| recv_fds(fd.get_ref(), RecvFlags::CMSG_CLOEXEC)) {
+            Ok(got) => {
+                let (bytes, fds) = got?;
+                if bytes == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the netns helper has exited",
+                    ));
                 }
-                Err(_would_block) => continue,
+                return Ok(fds);
             }
+            Err(_would_block) => continue,
         }
     }
 }
@@ -208,9 +248,19 @@ pub fn serve_helper() -> io::Result<()> {
     )?;
     let stdin = io::stdin();
     let chan = stdin.as_fd();
+    rustix::net::sockopt::set_socket_timeout(
+        chan,
+        rustix::net::sockopt::Timeout::Recv,
+        Some(HELPER_IDLE),
+    )?;
     loop {
         let mut want = [0u8; 1];
-        let got = rustix::net::recv(chan, &mut want, rustix::net::RecvFlags::empty())?;
+        let got = match rustix::net::recv(chan, &mut want, rustix::net::RecvFlags::empty()) {
+            Ok(got) => got,
+            // Nobody asked for a while: leave; berth starts another when it needs one.
+            Err(rustix::io::Errno::AGAIN) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
         if got.0 == 0 {
             return Ok(());
         }

@@ -172,7 +172,7 @@ impl Shared {
         if let Some(known) = map.get(&pid) {
             return known.clone();
         }
-        let made = match Netns::spawn(pid) {
+        let made = match Netns::open(pid) {
             Ok(n) => {
                 debug!(
                     pid,
