@@ -114,8 +114,9 @@ impl Netns {
             SocketFlags::CLOEXEC,
             None,
         )?;
-        let exe = std::env::current_exe()?;
-        let mut cmd = tokio::process::Command::new(exe);
+        // The running binary itself, also after an upgrade replaced the file on disk (then
+        // current_exe() names a deleted path).
+        let mut cmd = tokio::process::Command::new("/proc/self/exe");
         cmd.arg("netns-sockets")
             .stdin(Stdio::from(theirs))
             .stdout(Stdio::null())
