@@ -382,3 +382,24 @@ fn children(pid: u32) -> Vec<(u32, String)> {
     }
     out
 }
+
+#[test]
+fn socket_helpers_still_start_after_the_binary_was_replaced_on_disk() {
+    let Some(_serial) = session("replaced_binary") else {
+        return;
+    };
+    let mut w = World::new(&["it-upgrade"]);
+    w.catalog_file("it-upgrade.toml", &web_service("it-upgrade", 18208));
+    // The daemon runs from a copy that an "upgrade" then deletes, as a package manager does.
+    let copy = w.dir.path().join("berth-old");
+    std::fs::copy(berth_bin(), &copy).expect("copy the binary");
+    w.start_daemon_from(&copy);
+    w.ok(&["enable", "it-upgrade", "--settle", "0"]);
+    std::fs::remove_file(&copy).expect("delete the binary");
+    assert_page(18208);
+    let m = w.metrics();
+    assert!(
+        m.contains("berth_proxy_inside_connections_total{service=\"it-upgrade\",port=\"18208\"} 1"),
+        "the helper started from the deleted binary: {m}"
+    );
+}

@@ -186,7 +186,12 @@ impl World {
     }
 
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(berth_bin());
+        self.cmd_of(&berth_bin(), args)
+    }
+
+    /// A command of this world run by another copy of the binary.
+    pub fn cmd_of(&self, bin: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new(bin);
         c.args(args)
             .env("BERTH_ETC_DIR", self.etc())
             .env("XDG_STATE_HOME", self.dir.path().join("state"))
@@ -207,6 +212,12 @@ impl World {
     }
 
     pub fn start_daemon(&mut self) {
+        self.start_daemon_from(&berth_bin());
+    }
+
+    /// Starts the daemon from another copy of the binary (the CLI still uses the one under
+    /// test).
+    pub fn start_daemon_from(&mut self, bin: &Path) {
         assert!(self.daemon.is_none(), "daemon already running");
         let log = std::fs::File::create(self.dir.path().join(format!(
             "daemon-{}.log",
@@ -214,7 +225,7 @@ impl World {
         )))
         .expect("log");
         let child = self
-            .cmd(&["daemon"])
+            .cmd_of(bin, &["daemon"])
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()
