@@ -66,13 +66,12 @@ fn first_connection_starts_an_on_demand_service_and_idle_stops_it() {
         m.contains("berth_on_demand_starts_total{service=\"it-lazy\"} 2"),
         "{m}"
     );
-    let conns = m
-        .lines()
-        .find(|l| {
-            l.starts_with("berth_proxy_connections_total{service=\"it-lazy\",port=\"18196\"}")
-        })
-        .unwrap_or_else(|| panic!("no connection counter: {m}"));
-    assert!(conns.ends_with(" 2"), "{conns}");
+    let conns = metric(
+        &m,
+        "berth_proxy_connections_total{service=\"it-lazy\",port=\"18196\"}",
+    )
+    .unwrap_or_else(|| panic!("no connection counter: {m}"));
+    assert_eq!(conns, 2, "{m}");
 }
 
 #[test]
@@ -150,15 +149,11 @@ fn clients_connecting_during_a_restart_of_berth_are_served() {
     // Under berth's own unit (NoNewPrivileges=yes) connections still go straight into the
     // container.
     let m = w.metrics();
-    let inside = m
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(
-                "berth_proxy_inside_connections_total{service=\"it-rs\",port=\"18197\"} ",
-            )
-        })
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or(0);
+    let inside = metric(
+        &m,
+        "berth_proxy_inside_connections_total{service=\"it-rs\",port=\"18197\"}",
+    )
+    .unwrap_or(0);
     assert!(inside > 0, "no connection went inside the container:\n{m}");
     let _disable = w.berth(&["disable", "it-rs"]);
 }
@@ -316,11 +311,11 @@ fn connections_go_straight_into_the_container_past_podmans_port_forwarder() {
     // Every connection berth forwarded went inside.
     let m = w.metrics();
     let count = |family: &str| -> u64 {
-        let key = format!("{family}{{service=\"it-inside\",port=\"18202\"}} ");
-        m.lines()
-            .find_map(|l| l.strip_prefix(&key))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {family}: {m}"))
+        metric(
+            &m,
+            &format!("{family}{{service=\"it-inside\",port=\"18202\"}}"),
+        )
+        .unwrap_or_else(|| panic!("no {family}: {m}"))
     };
     let (inside, all) = (
         count("berth_proxy_inside_connections_total"),
@@ -346,15 +341,11 @@ fn connections_go_straight_into_the_container_past_podmans_port_forwarder() {
         );
     }
     let m = w.metrics();
-    let again = m
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(
-                "berth_proxy_inside_connections_total{service=\"it-inside\",port=\"18202\"} ",
-            )
-        })
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or(0);
+    let again = metric(
+        &m,
+        "berth_proxy_inside_connections_total{service=\"it-inside\",port=\"18202\"}",
+    )
+    .unwrap_or(0);
     assert_eq!(again, inside + 40, "all 40 went inside");
 }
 

@@ -311,11 +311,7 @@ fn reports_spool_while_the_receiver_is_down_and_arrive_in_order_when_it_returns(
 
     // The push's counters reach /metrics.
     let delivered = wait_for(Duration::from_secs(15), || {
-        let m = w.metrics();
-        m.lines()
-            .find(|l| l.starts_with("berth_push_delivered_total "))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .filter(|n| *n >= 1)
+        metric(&w.metrics(), "berth_push_delivered_total").filter(|n| *n >= 1)
     });
     assert!(
         delivered.is_some(),

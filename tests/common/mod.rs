@@ -434,3 +434,10 @@ impl Drop for DaemonUnit {
         let _reload = systemctl(&["daemon-reload"]);
     }
 }
+
+/// The value of one series (`name{labels}` exactly as exposed) in a /metrics text.
+pub fn metric(text: &str, series: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
