@@ -50,8 +50,8 @@ pub struct Netns {
     /// whatever became of the pid they were found by.
     user: Option<File>,
     net: File,
-    /// The running helper, if any; also serialises requests to it.
-    helper: tokio::sync::Mutex<Option<Helper>>,
+    /// The helper last started (it may have left since); also serialises requests to it.
+    helper: tokio::sync::Mutex<Helper>,
     pool: Mutex<Vec<OwnedFd>>,
 }
 
@@ -91,65 +91,14 @@ impl Netns {
         }
         // Joining one's own user namespace is an error; the network namespace is all we need.
         let user = (!same_namespace(&user, "user")?).then_some(user);
-        let ns = Netns {
+        // Start it now, so that an error shows here and not at the first connection.
+        let first = start_helper(user.as_ref(), &net)?;
+        Ok(Netns {
             user,
             net,
-            helper: tokio::sync::Mutex::new(None),
+            helper: tokio::sync::Mutex::new(first),
             pool: Mutex::new(Vec::new()),
-        };
-        // Start it now, so that an error shows here and not at the first connection.
-        let first = ns.start_helper()?;
-        *ns.helper
-            .try_lock()
-            .map_err(|_| io::Error::other("helper busy"))? = Some(first);
-        Ok(ns)
-    }
-
-    /// Starts `berth netns-sockets` inside the namespaces.
-    #[allow(unsafe_code)]
-    fn start_helper(&self) -> io::Result<Helper> {
-        let (ours, theirs) = rustix::net::socketpair(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )?;
-        // The running binary itself, also after an upgrade replaced the file on disk (then
-        // current_exe() names a deleted path).
-        let mut cmd = tokio::process::Command::new("/proc/self/exe");
-        cmd.arg("netns-sockets")
-            .stdin(Stdio::from(theirs))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        let user_fd = self.user.as_ref().map(|u| u.as_raw_fd());
-        let net_fd = self.net.as_raw_fd();
-        // SAFETY: the closure runs in the forked child before exec and only makes setns(2)
-        // system calls (async-signal-safe, no allocation). The descriptors belong to `self`,
-        // which outlives this call, so they are open in the child.
-        unsafe {
-            cmd.pre_exec(move || {
-                if let Some(fd) = user_fd {
-                    rustix::thread::move_into_link_name_space(
-                        BorrowedFd::borrow_raw(fd),
-                        Some(LinkNameSpaceType::User),
-                    )?;
-                }
-                rustix::thread::move_into_link_name_space(
-                    BorrowedFd::borrow_raw(net_fd),
-                    Some(LinkNameSpaceType::Network),
-                )?;
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn()?;
-        tokio::spawn(async move {
-            let _status = child.wait().await;
-        });
-        rustix::io::ioctl_fionbio(&ours, true)?;
-        // SAFETY: `ours` is an open descriptor the AsyncFd owns from here on; nothing else
-        // closes it.
-        let chan = unsafe { AsyncFd::register(ours) }.map_err(io::Error::from)?;
-        Ok(Helper { chan })
+        })
     }
 
     fn pop(&self) -> Option<TcpSocket> {
@@ -167,24 +116,68 @@ impl Netns {
         if let Some(s) = self.pop() {
             return Ok(s);
         }
-        let fds = match helper.as_ref() {
-            Some(h) => match ask(h, BATCH).await {
-                Ok(fds) => fds,
-                // It left for idleness (or died): once more with a new one.
-                Err(_gone) => {
-                    let h = helper.insert(self.start_helper()?);
-                    ask(h, BATCH).await?
-                }
-            },
-            None => ask(helper.insert(self.start_helper()?), BATCH).await?,
+        let fds = match ask(&helper, BATCH).await {
+            Ok(fds) => fds,
+            // It left for idleness (or died): once more with a new one.
+            Err(_gone) => {
+                *helper = start_helper(self.user.as_ref(), &self.net)?;
+                ask(&helper, BATCH).await?
+            }
         };
-        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        pool.extend(fds);
-        let fd = pool
-            .pop()
-            .ok_or_else(|| io::Error::other("the netns helper sent no sockets"))?;
-        Ok(TcpSocket::from_std_stream(std::net::TcpStream::from(fd)))
+        self.pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(fds);
+        self.pop()
+            .ok_or_else(|| io::Error::other("the netns helper sent no sockets"))
     }
+}
+
+/// Starts `berth netns-sockets` inside the namespaces `user` (unless berth's own) and `net`.
+#[allow(unsafe_code)]
+fn start_helper(user: Option<&File>, net: &File) -> io::Result<Helper> {
+    let (ours, theirs) = rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    // The running binary itself, also after an upgrade replaced the file on disk (then
+    // current_exe() names a deleted path).
+    let mut cmd = tokio::process::Command::new("/proc/self/exe");
+    cmd.arg("netns-sockets")
+        .stdin(Stdio::from(theirs))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    let user_fd = user.map(|u| u.as_raw_fd());
+    let net_fd = net.as_raw_fd();
+    // SAFETY: the closure runs in the forked child before exec and only makes setns(2)
+    // system calls (async-signal-safe, no allocation). The descriptors are borrowed for this
+    // call, so they are open in the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(fd) = user_fd {
+                rustix::thread::move_into_link_name_space(
+                    BorrowedFd::borrow_raw(fd),
+                    Some(LinkNameSpaceType::User),
+                )?;
+            }
+            rustix::thread::move_into_link_name_space(
+                BorrowedFd::borrow_raw(net_fd),
+                Some(LinkNameSpaceType::Network),
+            )?;
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    tokio::spawn(async move {
+        let _status = child.wait().await;
+    });
+    rustix::io::ioctl_fionbio(&ours, true)?;
+    // SAFETY: `ours` is an open descriptor the AsyncFd owns from here on; nothing else
+    // closes it.
+    let chan = unsafe { AsyncFd::register(ours) }.map_err(io::Error::from)?;
+    Ok(Helper { chan })
 }
 
 /// Asks a helper for `n` sockets.
