@@ -106,6 +106,11 @@ struct Inspected {
     at: tokio::time::Instant,
 }
 
+/// What an inspection is kept against: the unit's (ActiveState, SubState).
+fn unit_key(unit: Option<&UnitState>) -> Option<(String, String)> {
+    unit.map(|u| (u.active.clone(), u.sub.clone()))
+}
+
 /// How long a snapshot reuses the inspection of a container without a health check whose unit
 /// did not change state.
 const INSPECT_MAX_AGE: Duration = Duration::from_secs(300);
@@ -766,20 +771,15 @@ where
             let want_inspect = ustate.is_some_and(|u| u.active != "inactive") || only.is_some();
             for ctr in &svc.containers {
                 let cname = units::container_name(svc, ctr);
+                let cunit = units.get(&units::container_unit(svc, ctr));
                 let inspect: Option<ContainerInspect> = if !want_inspect {
                     self.inspected.remove(&cname);
                     None
                 } else if only.is_some() {
                     // Someone asks about this service now: always fresh.
-                    self.inspect_fresh(&cname, units.get(&units::container_unit(svc, ctr)))
-                        .await
+                    self.inspect_fresh(&cname, cunit).await
                 } else {
-                    self.inspect_for_snapshot(
-                        ctr,
-                        &cname,
-                        units.get(&units::container_unit(svc, ctr)),
-                    )
-                    .await
+                    self.inspect_for_snapshot(ctr, &cname, cunit).await
                 };
                 containers.push(ContainerStatus {
                     name: cname,
@@ -987,7 +987,7 @@ where
             cname.to_string(),
             Inspected {
                 inspect: inspect.clone(),
-                unit: unit.map(|u| (u.active.clone(), u.sub.clone())),
+                unit: unit_key(unit),
                 at: tokio::time::Instant::now(),
             },
         );
@@ -1009,7 +1009,7 @@ where
             h.interval
                 .clamp(Duration::from_secs(1), Duration::from_secs(30))
         });
-        let key = unit.map(|u| (u.active.clone(), u.sub.clone()));
+        let key = unit_key(unit);
         if let Some(last) = self.inspected.get(cname) {
             if last.unit == key && last.at.elapsed() < max_age {
                 return last.inspect.clone();

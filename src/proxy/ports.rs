@@ -679,13 +679,12 @@ async fn cold_backend<P: Podman + Clone + 'static, E: Engine>(
                 if demanded {
                     let stats = shared.demand_stats(&spec.service);
                     *lock(&stats.asked) = None;
-                }
-                if asked_here {
-                    let stats = shared.demand_stats(&spec.service);
-                    let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-                    stats.wait_us_sum.fetch_add(us, Ordering::Relaxed);
-                    stats.wait_us_last.store(us, Ordering::Relaxed);
-                    info!(service = %spec.service, ms = us / 1000, "started on demand");
+                    if asked_here {
+                        let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                        stats.wait_us_sum.fetch_add(us, Ordering::Relaxed);
+                        stats.wait_us_last.store(us, Ordering::Relaxed);
+                        info!(service = %spec.service, ms = us / 1000, "started on demand");
+                    }
                 }
                 return Ok(b);
             }
