@@ -42,7 +42,8 @@ BERTH_ENV_PACKAGES=(
     podman runc conmon uidmap slirp4netns fuse-overlayfs catatonit
     dbus dbus-user-session
     busybox-static           # static /bin/busybox for the offline demo images
-    systemd                  # systemctl, busctl, systemd-analyze, systemd --user
+    systemd                  # systemctl, busctl, systemd-analyze, systemd --user,
+                             # systemd-journald and journalctl (journald test)
     procps                   # pgrep/ps, used to find the user manager's PID
     iproute2 curl            # tests probe published ports and the API socket
     util-linux passwd tar    # setpriv/setsid/su, useradd/usermod, image tarballs
