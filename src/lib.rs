@@ -21,6 +21,7 @@ pub mod podman;
 pub mod proxy;
 pub mod push;
 pub mod reconcile;
+pub mod setup;
 pub mod state;
 pub mod status;
 pub mod sys;
