@@ -15,6 +15,9 @@ pub struct Args {
     /// Create named users that do not exist yet (useradd -m) instead of refusing.
     #[arg(long)]
     pub create_users: bool,
+    /// Only the machine-wide settings, for no user (image builds).
+    #[arg(long, conflicts_with_all = ["users", "create_users"])]
+    pub machine_only: bool,
     /// Validate the admin files in DIR (config.toml, policy.toml, catalog.d/*.toml) over the
     /// ones in /etc/berth and put them in place; a bad one changes nothing.
     #[arg(long, value_name = "DIR")]
@@ -40,6 +43,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut opts = Options::new(args.root);
     opts.users = args.users;
     opts.create_users = args.create_users;
+    opts.machine_only = args.machine_only;
     opts.admin_from = args.admin_from;
     opts.image_store = args.image_store;
     let report = match super::run(&opts, &RealRunner) {

@@ -61,6 +61,9 @@ pub struct Options {
     pub users: Vec<String>,
     /// Create named users that do not exist (`useradd -m`), instead of refusing.
     pub create_users: bool,
+    /// Only the machine-wide jobs, whatever users exist (an image build, where the build's
+    /// own login user is no workspace user).
+    pub machine_only: bool,
     /// A directory with admin files to validate and put in place (`config.toml`,
     /// `policy.toml`, `catalog.d/*.toml`).
     pub admin_from: Option<PathBuf>,
@@ -79,6 +82,7 @@ impl Options {
             root,
             users: Vec::new(),
             create_users: false,
+            machine_only: false,
             admin_from: None,
             image_store: PathBuf::from(IMAGE_STORE),
         }
@@ -374,9 +378,13 @@ pub fn run(opts: &Options, runner: &dyn Runner) -> Result<Report, SetupError> {
             "users",
             None,
             Outcome::Skipped,
-            "no regular user on this machine yet: only the machine-wide settings were made \
-             (run `berth setup --user NAME` once the user exists)"
-                .into(),
+            if opts.machine_only {
+                "--machine-only: the machine-wide settings only".into()
+            } else {
+                "no regular user on this machine yet: only the machine-wide settings were made \
+                 (run `berth setup --user NAME` once the user exists)"
+                    .into()
+            },
         );
     }
     Ok(report)

@@ -92,6 +92,9 @@ impl Planned {
 
 /// Finds the users to set up. Unknown names are an error unless `create_users`. Writes nothing.
 pub fn plan(opts: &Options) -> Result<Planned, SetupError> {
+    if opts.machine_only {
+        return Ok(Planned::default());
+    }
     let all = passwd(opts)?;
     if opts.users.is_empty() {
         let defs = read_opt(&opts.at("/etc/login.defs"))?;
