@@ -15,6 +15,9 @@ pub struct Args {
     /// Create named users that do not exist yet (useradd -m) instead of refusing.
     #[arg(long)]
     pub create_users: bool,
+    /// Do not enable berth's user unit (a test user whose tests start berth themselves).
+    #[arg(long)]
+    pub no_unit: bool,
     /// Only the machine-wide settings, for no user (image builds).
     #[arg(long, conflicts_with_all = ["users", "create_users"])]
     pub machine_only: bool,
@@ -44,6 +47,7 @@ pub fn run(args: Args) -> Result<()> {
     opts.users = args.users;
     opts.create_users = args.create_users;
     opts.machine_only = args.machine_only;
+    opts.enable_unit = !args.no_unit;
     opts.admin_from = args.admin_from;
     opts.image_store = args.image_store;
     let report = match super::run(&opts, &RealRunner) {

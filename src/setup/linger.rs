@@ -9,9 +9,9 @@
 use super::users::User;
 use super::{run_cmd, write, Command, Options, Outcome, Report, Runner, SetupError};
 
-/// logind keeps these directories while it runs.
+/// logind runs where systemd is PID 1 and has made its runtime directory.
 pub fn logind_running(opts: &Options) -> bool {
-    opts.at("/run/systemd/system").is_dir() && opts.at("/run/systemd/seats").is_dir()
+    opts.live() && opts.systemd_booted && opts.at("/run/systemd/seats").is_dir()
 }
 
 pub fn ensure(
@@ -30,7 +30,7 @@ pub fn ensure(
         );
         return Ok(());
     }
-    if opts.live() && logind_running(opts) {
+    if logind_running(opts) {
         run_cmd(
             runner,
             Command::new("loginctl", &["enable-linger", &user.name]),

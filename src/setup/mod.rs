@@ -61,6 +61,9 @@ pub struct Options {
     pub users: Vec<String>,
     /// Create named users that do not exist (`useradd -m`), instead of refusing.
     pub create_users: bool,
+    /// Enable berth's user unit for the users (off for a test user whose tests start their own
+    /// daemons).
+    pub enable_unit: bool,
     /// Only the machine-wide jobs, whatever users exist (an image build, where the build's
     /// own login user is no workspace user).
     pub machine_only: bool,
@@ -72,17 +75,26 @@ pub struct Options {
     /// The root is the running machine, so commands (`loginctl`, `systemctl`, `podman`) may
     /// act on it; false for an image's root, where only files are written.
     pub live: bool,
+    /// PID 1 of the running machine is systemd, so logind and user managers are real ones
+    /// (the development machines run a user manager without it, and keep stale `/run/systemd`
+    /// directories that prove nothing).
+    pub systemd_booted: bool,
 }
 
 impl Options {
     pub fn new(root: impl Into<PathBuf>) -> Options {
         let root = root.into();
+        let live = root == Path::new("/");
+        let systemd_booted =
+            live && std::fs::read_to_string("/proc/1/comm").is_ok_and(|c| c.trim() == "systemd");
         Options {
-            live: root == Path::new("/"),
+            live,
+            systemd_booted,
             root,
             users: Vec::new(),
             create_users: false,
             machine_only: false,
+            enable_unit: true,
             admin_from: None,
             image_store: PathBuf::from(IMAGE_STORE),
         }
@@ -350,7 +362,7 @@ pub fn run(opts: &Options, runner: &dyn Runner) -> Result<Report, SetupError> {
     let admin = admin::prepare(opts)?;
     let unit = unit::find(opts)?;
     let planned = users::plan(opts)?;
-    if !planned.is_empty() && unit.is_none() {
+    if !planned.is_empty() && unit.is_none() && opts.enable_unit {
         return Err(SetupError::NoUnit(unit::candidates(opts)));
     }
 
@@ -366,8 +378,18 @@ pub fn run(opts: &Options, runner: &dyn Runner) -> Result<Report, SetupError> {
         if added {
             storage::migrate(opts, runner, u, &mut report)?;
         }
-        let unit_path = unit.as_deref().unwrap_or(Path::new(unit::UNIT_PATHS[0]));
-        let newly = unit::enable(opts, u, unit_path, &mut report)?;
+        let newly = match (&unit, opts.enable_unit) {
+            (Some(path), true) => unit::enable(opts, u, path, &mut report)?,
+            _ => {
+                report.push(
+                    "unit",
+                    Some(&u.name),
+                    Outcome::Skipped,
+                    "--no-unit: berth's unit is not enabled".into(),
+                );
+                false
+            }
+        };
         linger::ensure(opts, runner, u, &mut report)?;
         if newly {
             unit::start_now(opts, runner, u, &mut report)?;

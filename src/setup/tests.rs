@@ -314,6 +314,13 @@ fn missing_unit_file_is_refused() {
     let e = run(&f.opts(), &f.runner).expect_err("no unit");
     assert!(matches!(e, SetupError::NoUnit(_)), "{e}");
     assert_eq!(tree(f.root()), before);
+
+    // A test user needs no unit: everything else is done.
+    let mut opts = f.opts();
+    opts.enable_unit = false;
+    let r = run(&opts, &f.runner).expect("no unit wanted");
+    assert_eq!(outcome(&r, "unit"), vec![Outcome::Skipped]);
+    assert_eq!(outcome(&r, "subuid"), vec![Outcome::Done]);
 }
 
 #[test]
@@ -350,7 +357,21 @@ fn default_users_are_the_regular_ones_and_none_is_fine() {
 fn live_machine_uses_loginctl_and_starts_berth_in_a_running_manager() {
     let f = Fixture::new();
     let mut opts = f.opts();
+    // Stale runtime directories without systemd as PID 1 (as on the development machines)
+    // are no logind: the linger file is written by hand.
     opts.live = true;
+    std::fs::create_dir_all(f.root().join("run/systemd/seats")).expect("stale");
+    run(&opts, &f.runner).expect("run");
+    assert!(f.runner.calls().is_empty(), "{:?}", f.runner.calls());
+    assert!(f.root().join("var/lib/systemd/linger/alice").exists());
+    std::fs::remove_file(f.root().join("var/lib/systemd/linger/alice")).expect("rm");
+    std::fs::remove_file(
+        f.root()
+            .join("home/alice/.config/systemd/user/default.target.wants/berth.service"),
+    )
+    .expect("rm");
+
+    opts.systemd_booted = true;
     for d in ["run/systemd/system", "run/systemd/seats"] {
         std::fs::create_dir_all(f.root().join(d)).expect("logind");
     }

@@ -89,7 +89,7 @@ pub fn start_now(
     report: &mut Report,
 ) -> Result<(), SetupError> {
     let private = opts.at(format!("/run/user/{}/systemd/private", user.uid));
-    if !(opts.live() && super::linger::logind_running(opts) && private.exists()) {
+    if !(super::linger::logind_running(opts) && private.exists()) {
         return Ok(());
     }
     let machine = format!("--machine={}@.host", user.name);
