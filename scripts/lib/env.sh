@@ -52,6 +52,7 @@ BERTH_ENV_PACKAGES=(
 # a VM running berth must not get a Prometheus server.
 BERTH_ENV_TEST_PACKAGES=(
     prometheus               # prometheus, promtool: tests/metrics.rs scrapes berth for real
+    cloud-init               # `cloud-init schema` and python3-yaml: tests/cloud_init.rs
 )
 # Podman needs a container network stack (Debian's containers-common depends
 # on the virtual package "container-network-stack"). With --no-install-recommends
