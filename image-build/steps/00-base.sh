@@ -10,3 +10,17 @@ if booted && command -v cloud-init >/dev/null; then
 fi
 apt_install ca-certificates curl sudo less locales cloud-init cloud-guest-utils \
     qemu-guest-agent openssh-server dbus
+
+# cloud-init sets the locale to en_US.UTF-8 unless told otherwise, and fails its locale module
+# when that locale was never generated. Debian's locale-gen only builds what /etc/locale.gen
+# enables (Ubuntu's takes the name as an argument).
+if ! locale -a 2>/dev/null | grep -qix 'en_US.utf8'; then
+    if [[ "$OS_ID" == debian ]]; then
+        sed -i 's/^# *\(en_US.UTF-8 UTF-8\)/\1/' /etc/locale.gen
+        grep -q '^en_US.UTF-8 UTF-8' /etc/locale.gen || echo 'en_US.UTF-8 UTF-8' >>/etc/locale.gen
+        locale-gen >/dev/null
+    else
+        locale-gen en_US.UTF-8 >/dev/null
+    fi
+    log "generated the en_US.UTF-8 locale"
+fi

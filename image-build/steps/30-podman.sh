@@ -8,8 +8,8 @@ STEP=30-podman
 net=$(first_available netavark golang-github-containernetworking-plugins containernetworking-plugins) ||
     die "no container network stack package (netavark or CNI plugins) in the archive"
 extra=()
-if [[ "$net" == netavark ]] && available aardvark-dns; then extra+=(aardvark-dns); fi
-if available passt || installed passt; then extra+=(passt); fi
+if [[ "$net" == netavark ]] && { installed aardvark-dns || available aardvark-dns; }; then extra+=(aardvark-dns); fi
+if installed passt || available passt; then extra+=(passt); fi
 apt_install podman uidmap slirp4netns fuse-overlayfs catatonit dbus-user-session \
     busybox-static "$net" "${extra[@]}"
 log "$(podman --version)"

@@ -77,9 +77,15 @@ apt_install() {
 # The first of the named packages that the archive has (names differ between releases).
 first_available() {
     local p
+    for p in "$@"; do
+        if installed "$p"; then
+            echo "$p"
+            return 0
+        fi
+    done
     apt_update
     for p in "$@"; do
-        if installed "$p" || available "$p"; then
+        if available "$p"; then
             echo "$p"
             return 0
         fi
