@@ -8,8 +8,31 @@ STEP=50-images
 
 store=/usr/lib/berth/images
 runroot=/run/berth-image-store
-pm() { podman --root "$store" --runroot "$runroot" --storage-driver overlay "$@"; }
-install -d -m 0755 "$store"
+# The store's files belong to the user that will run them. A rootless container sees files of
+# ids outside its user namespace as `nobody` and cannot write below them (Podman itself fails
+# creating /etc/mtab in the image), so the layers are stored the way that user's own rootless
+# storage would hold them: container root as UID, container ids 1.. from SUBUID on. The
+# default is what the first user of a fresh machine gets (uid 1000, subordinate ids
+# 100000:65536, as useradd and `berth setup` allocate them); `berth setup` checks each user
+# against the store's ids and lists the store only for users they fit.
+IFS=: read -r s_uid s_sub s_count <<<"${BERTH_IMAGE_STORE_IDS:-1000:100000:65536}"
+ids="uid=$s_uid subid=$s_sub count=$s_count"
+if [[ -f "$store/berth-store-ids" && "$(cat "$store/berth-store-ids")" != "$ids" ]]; then
+    log "the store was made for other ids ($(cat "$store/berth-store-ids")): rebuilding it"
+    rm -rf "$store"
+fi
+install -d -m 0755 "$store" "$runroot"
+conf=$runroot/storage.conf
+cat >"$conf" <<CONF
+[storage]
+driver = "overlay"
+graphroot = "$store"
+runroot = "$runroot"
+[storage.options]
+remap-uids = "0:$s_uid:1:1:$s_sub:$s_count"
+remap-gids = "0:$s_uid:1:1:$s_sub:$s_count"
+CONF
+pm() { CONTAINERS_STORAGE_CONF=$conf podman "$@"; }
 
 # The demo image: the same recipe as the development scripts (scripts/lib/env.sh).
 demo=localhost/berth-demo:1
@@ -70,5 +93,7 @@ find "$store/overlay-images" -mindepth 1 -maxdepth 1 -type d -exec chmod 0755 {}
 find "$store/overlay-images" "$store/overlay-layers" -type f -exec chmod a+r {} +
 find "$store/overlay" -mindepth 2 -maxdepth 2 -name diff -type d -exec chmod a+rx {} +
 chmod a+r "$store"/*.lock "$store"/overlay-images/*.lock "$store"/overlay-layers/*.lock 2>/dev/null || true
+printf '%s\n' "$ids" >"$store/berth-store-ids"
+chmod 0644 "$store/berth-store-ids"
+pm images --format '{{.Repository}}:{{.Tag}}' 2>/dev/null | sed "s/^/berth-image: 50-images: in the shared store ($ids): /" >&2
 rm -rf "$runroot"
-pm images --format '{{.Repository}}:{{.Tag}}' 2>/dev/null | sed 's/^/berth-image: 50-images: in the shared store: /' >&2

@@ -36,14 +36,66 @@ fn needs_fuse(opts: &Options) -> bool {
     (major, minor) < (5, 13) && major > 0
 }
 
-/// The storage.conf setup wants, for a machine where the store exists or not.
+/// The ids the build stored the shared store's files with (`berth-store-ids`, written by the
+/// image step: `uid=1000 subid=100000 count=65536`): container root as `uid`, container ids
+/// from 1 as `subid`…; `None` for a store without that file.
+pub fn store_ids(opts: &Options) -> Option<(u32, u64, u64)> {
+    let text = std::fs::read_to_string(opts.at(&opts.image_store).join("berth-store-ids")).ok()?;
+    let get = |k: &str| {
+        text.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('=')?.parse::<u64>().ok())
+    };
+    Some((
+        u32::try_from(get("uid")?).ok()?,
+        get("subid")?,
+        get("count")?,
+    ))
+}
+
+/// Whether the shared store's files are owned the way `user`'s containers need them; the
+/// reason when not. A rootless container sees files of ids outside its user namespace as
+/// `nobody` and cannot write below them, so a store made for other ids breaks images (Podman
+/// itself fails creating `/etc/mtab`); such a user gets no store and pulls its own images.
+pub fn store_fits(opts: &Options, user: &User) -> Result<(), String> {
+    let Some((uid, sub, count)) = store_ids(opts) else {
+        return Ok(());
+    };
+    let ranges = ["/etc/subuid", "/etc/subgid"].map(|f| {
+        std::fs::read_to_string(opts.at(f))
+            .ok()
+            .and_then(|t| super::subids::range_of(&t, user))
+    });
+    let want = Some((sub, count));
+    if user.uid == uid && user.gid == uid && ranges[0] == want && ranges[1] == want {
+        return Ok(());
+    }
+    Err(format!(
+        "the shared image store {} holds files for uid/gid {uid} with subordinate ids \
+         {sub}:{count}; {} has uid {} gid {} and {}: its containers would see those files as \
+         nobody's, so the store is not listed for it (its images are pulled into its own \
+         storage)",
+        opts.image_store.display(),
+        user.name,
+        user.uid,
+        user.gid,
+        match ranges {
+            [Some((a, b)), Some((c, d))] => format!("subuids {a}:{b}, subgids {c}:{d}"),
+            _ => "no subordinate ids".into(),
+        }
+    ))
+}
+
+/// The storage.conf setup wants; `store` lists the shared image store.
 pub fn content(opts: &Options) -> String {
+    content_with(opts, store_present(opts))
+}
+
+fn content_with(opts: &Options, store: bool) -> String {
     let mut s = format!(
         "# {} (rootless Podman: overlay storage, berth's shared image store)\n\
          [storage]\ndriver = \"overlay\"\n",
         super::MARK
     );
-    let store = store_present(opts);
     let fuse = needs_fuse(opts) && opts.at("/usr/bin/fuse-overlayfs").exists();
     if store || fuse {
         s.push_str("\n[storage.options]\n");
@@ -69,7 +121,7 @@ pub fn store_present(opts: &Options) -> bool {
 }
 
 /// What a foreign storage.conf lacks, in words ("" when nothing).
-fn lacks(text: &str, opts: &Options) -> Vec<String> {
+fn lacks(text: &str, opts: &Options, store: bool) -> Vec<String> {
     let mut v = Vec::new();
     let table: toml::Table = match text.parse() {
         Ok(t) => t,
@@ -82,7 +134,7 @@ fn lacks(text: &str, opts: &Options) -> Vec<String> {
     if driver != Some("overlay") {
         v.push("driver = \"overlay\"".into());
     }
-    if store_present(opts) {
+    if store {
         let store = opts.image_store.to_string_lossy();
         let listed = storage
             .and_then(|s| s.get("options"))
@@ -158,7 +210,15 @@ pub fn user(opts: &Options, user: &User, report: &mut Report) -> Result<(), Setu
     let home = super::home::Home::open(&opts.at(&user.home), user.uid, user.gid)
         .map_err(home_err(user, "storage.conf"))?;
     let rel = Path::new(USER_CONF);
-    let want = content(opts);
+    let fits = if store_present(opts) {
+        store_fits(opts, user)
+    } else {
+        Ok(())
+    };
+    if let Err(why) = &fits {
+        report.push("store", Some(&user.name), Outcome::Skipped, why.clone());
+    }
+    let want = content_with(opts, store_present(opts) && fits.is_ok());
     let have = home.read(rel).map_err(home_err(user, "storage.conf"))?;
     let shown = format!("~{}/{USER_CONF}", user.name);
     match have {
@@ -172,7 +232,11 @@ pub fn user(opts: &Options, user: &User, report: &mut Report) -> Result<(), Setu
             return Ok(());
         }
         Some(h) if !ours(&String::from_utf8_lossy(&h)) => {
-            let missing = lacks(&String::from_utf8_lossy(&h), opts);
+            let missing = lacks(
+                &String::from_utf8_lossy(&h),
+                opts,
+                fits.is_ok() && store_present(opts),
+            );
             let detail = if missing.is_empty() {
                 format!("{shown} (not berth's) already has what berth needs")
             } else {

@@ -436,6 +436,45 @@ fn symlinks_in_the_home_are_not_followed() {
 }
 
 #[test]
+fn shared_store_is_listed_only_for_users_whose_ids_it_was_made_for() {
+    let f = Fixture::new();
+    let uid = crate::sys::uid();
+    let gid = unsafe_free_gid();
+    // Store made for alice's ids (the subids she gets: after `other`'s range).
+    std::fs::write(
+        f.root().join("usr/lib/berth/images/berth-store-ids"),
+        format!("uid={uid} subid=165536 count=65536\n"),
+    )
+    .expect("ids");
+    if uid != gid {
+        // The fixture's account has the primary group of the test process.
+        return;
+    }
+    let r = run(&f.opts(), &f.runner).expect("run");
+    assert!(outcome(&r, "store").is_empty(), "fits: {r}");
+    let conf = f.root().join("home/alice/.config/containers/storage.conf");
+    assert!(std::fs::read_to_string(&conf)
+        .expect("conf")
+        .contains("additionalimagestores"));
+
+    // Made for other ids: not listed, and the step says why.
+    std::fs::write(
+        f.root().join("usr/lib/berth/images/berth-store-ids"),
+        "uid=4242 subid=100000 count=65536\n",
+    )
+    .expect("ids");
+    let r = run(&f.opts(), &f.runner).expect("run");
+    assert_eq!(outcome(&r, "store"), vec![Outcome::Skipped], "{r}");
+    assert!(
+        r.to_string().contains("would see those files as nobody's"),
+        "{r}"
+    );
+    assert!(!std::fs::read_to_string(&conf)
+        .expect("conf")
+        .contains("additionalimagestores"));
+}
+
+#[test]
 fn subid_ranges_follow_the_highest_in_use() {
     let text = "a:100000:65536\nb:300000:1000\n";
     assert_eq!(subids::end_of_all([text, "c:200000:65536\n"]), 301_000);
