@@ -15,5 +15,8 @@ fi
 rm -f /etc/ssh/ssh_host_*_key /etc/ssh/ssh_host_*_key.pub
 : >/etc/machine-id
 rm -f /var/lib/dbus/machine-id
-find /var/log -type f \( -name '*.log' -o -name '*.gz' \) -delete 2>/dev/null || true
+# Emptied, not deleted: daemons that drop privileges (xrdp runs as its own user) cannot
+# create their log file in /var/log again, and xrdp refuses to start without it.
+find /var/log -type f -name '*.gz' -delete 2>/dev/null || true
+find /var/log -type f -name '*.log' -exec truncate -s 0 {} + 2>/dev/null || true
 log "template cleaned"
