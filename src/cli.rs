@@ -35,6 +35,9 @@ pub enum Cmd {
     Ls {
         #[arg(long)]
         json: bool,
+        /// Keep the list on screen and redraw it at every change (from the event stream).
+        #[arg(long, conflicts_with = "json")]
+        watch: bool,
     },
     /// Show one service in detail.
     Status {
@@ -175,7 +178,13 @@ pub async fn run(cli: Cli) -> Result<()> {
             };
             crate::daemon::start(shutdown).await.context("berth daemon")
         }
-        Cmd::Ls { json } => ls(json).await,
+        Cmd::Ls { json, watch } => {
+            if watch {
+                ls_watch().await
+            } else {
+                ls(json).await
+            }
+        }
         Cmd::Status { name, json } => status(&name, json).await,
         Cmd::Enable {
             name,
@@ -421,22 +430,56 @@ async fn ls(json: bool) -> Result<()> {
     }
     let info = c.daemon().await?;
     warn_about(&info);
-    println!(
-        "{:<14} {:<9} {:<10} {:<22} REASON",
+    print!("{}", table(&list));
+    Ok(())
+}
+
+/// The service list as `berth ls` prints it.
+fn table(list: &[ServiceStatus]) -> String {
+    let mut out = format!(
+        "{:<14} {:<9} {:<10} {:<22} REASON\n",
         "NAME", "CHOICE", "STATE", "PORTS"
     );
     for s in list {
         let ports: Vec<String> = s.ports.iter().map(|p| p.port.to_string()).collect();
-        println!(
-            "{:<14} {:<9} {:<10} {:<22} {}",
+        out.push_str(&format!(
+            "{:<14} {:<9} {:<10} {:<22} {}\n",
             s.name,
             s.choice.as_str(),
             s.state.as_str(),
             ports.join(","),
-            s.reason.unwrap_or_default()
-        );
+            s.reason.as_deref().unwrap_or_default()
+        ));
     }
-    Ok(())
+    out
+}
+
+/// `berth ls --watch`: the list, redrawn at every event, until the daemon goes away.
+async fn ls_watch() -> Result<()> {
+    use std::io::IsTerminal as _;
+    let c = client()?;
+    let mut events = c.events().await?;
+    let mut picture = berth_proto::Snapshot {
+        taken_at: 0,
+        daemon: c.daemon().await?,
+        services: Vec::new(),
+    };
+    let clear = std::io::stdout().is_terminal();
+    while let Some(e) = events.next().await {
+        if !picture.apply(&e?) {
+            continue;
+        }
+        let mut out = std::io::stdout().lock();
+        if clear {
+            // Home and clear: one screen that changes in place.
+            let _stdout_closed = write!(out, "\x1b[H\x1b[2J");
+        } else {
+            let _stdout_closed = writeln!(out);
+        }
+        let _stdout_closed = write!(out, "{}", table(&picture.services));
+        let _stdout_closed = out.flush();
+    }
+    bail!("the berth daemon closed the event stream (it stopped)")
 }
 
 /// What is wrong with the daemon's catalog or Podman, on stderr before a listing.

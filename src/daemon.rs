@@ -124,6 +124,15 @@ pub struct Settings {
     pub notifications: Option<zbus::Connection>,
     /// Tell systemd about readiness and stopping (`NOTIFY_SOCKET`).
     pub sd_notify: bool,
+    /// Run the stable ports on a thread (and runtime) of their own instead of beside the
+    /// engine (see README: what the benchmark found).
+    pub proxy_thread: bool,
+}
+
+/// `BERTH_PROXY_THREAD=1` (or `0`): whether the proxy gets its own thread; see
+/// [`Settings::proxy_thread`].
+pub fn proxy_thread_from_env() -> bool {
+    std::env::var("BERTH_PROXY_THREAD").is_ok_and(|v| v == "1")
 }
 
 /// The real daemon: binds, connects and runs until `shutdown`.
@@ -173,6 +182,7 @@ pub async fn start(
             ctx,
             notifications,
             sd_notify: true,
+            proxy_thread: proxy_thread_from_env(),
         },
         Listeners {
             api,
@@ -205,6 +215,7 @@ where
         ctx,
         notifications,
         sd_notify,
+        proxy_thread,
     } = settings;
     let systemd = edges.systemd.clone();
     let podman = edges.podman.clone();
@@ -220,13 +231,29 @@ where
         ));
     }
     tasks.spawn(engine.run());
-    tasks.spawn(crate::proxy::ports::run(
+    let proxy_run = crate::proxy::ports::run(
         handle.port_specs(),
         listeners.ports,
         podman.clone(),
         handle.clone(),
         handle.proxy(),
-    ));
+    );
+    // The proxy ends when the engine's port specs go away (the engine stopped).
+    let proxy_thread = if proxy_thread {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(DaemonError::Serve)?;
+        let t = std::thread::Builder::new()
+            .name("berth-proxy".into())
+            .spawn(move || rt.block_on(proxy_run))
+            .map_err(DaemonError::Serve)?;
+        info!("stable ports on a thread of their own");
+        Some(t)
+    } else {
+        tasks.spawn(proxy_run);
+        None
+    };
     let changed = handle.units_changed_notify();
     tasks.spawn(async move {
         if let Err(err) = systemd.watch_units(changed).await {
@@ -324,6 +351,13 @@ where
             }
         }
     }
+    if let Some(t) = proxy_thread {
+        // The engine is gone, so its port specs are: the proxy's loop ends.
+        let joined = tokio::task::spawn_blocking(move || t.join()).await;
+        if !matches!(joined, Ok(Ok(()))) {
+            warn!("the proxy thread did not end cleanly");
+        }
+    }
     served.map_err(DaemonError::Serve)
 }
 
@@ -381,6 +415,7 @@ mod tests {
                     ctx: RenderCtx::default(),
                     notifications: None,
                     sd_notify: false,
+                    proxy_thread: false,
                 },
                 Listeners {
                     api,

@@ -125,10 +125,14 @@ pub fn inspect(container: &str, format: &str) -> Option<String> {
 
 /// A plain HTTP GET on 127.0.0.1; the whole answer (headers and body), or the error.
 pub fn http_get(port: u16) -> Result<String, String> {
+    http_get_within(port, Duration::from_secs(5))
+}
+
+/// [`http_get`] that waits up to `read` for the answer.
+pub fn http_get_within(port: u16, read: Duration) -> Result<String, String> {
     let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(3))
         .map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(read)).map_err(|e| e.to_string())?;
     s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
         .map_err(|e| e.to_string())?;
     let mut out = String::new();
