@@ -70,6 +70,15 @@ pub enum Cmd {
         #[command(flatten)]
         settle: Settle,
     },
+    /// Open the local web page (the dashboard) in your browser, logged in.
+    Dashboard {
+        /// Print the one-time login link instead of opening a browser.
+        #[arg(long)]
+        print: bool,
+        /// Open it on this service's logs.
+        #[arg(long, value_name = "NAME")]
+        logs: Option<String>,
+    },
     /// Show a service's container logs.
     Logs {
         name: String,
@@ -223,6 +232,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Pull { name } => pull(&name, false).await,
+        Cmd::Dashboard { print, logs } => dashboard(print, logs.as_deref()).await,
         Cmd::Plan { json } => {
             let p = client()?.plan().await?;
             if json {
@@ -261,6 +271,11 @@ pub async fn run(cli: Cli) -> Result<()> {
                 );
                 if let Some(e) = &i.podman_error {
                     println!("podman error: {e}");
+                }
+                match (&i.web_url, &i.web_error) {
+                    (Some(u), _) => println!("web page: {u} (`berth dashboard` opens it)"),
+                    (None, Some(e)) => println!("web page: {e}"),
+                    (None, None) => {}
                 }
                 println!(
                     "catalog: {} services (serial {})",
@@ -480,6 +495,34 @@ async fn ls_watch() -> Result<()> {
         let _stdout_closed = out.flush();
     }
     bail!("the berth daemon closed the event stream (it stopped)")
+}
+
+/// `berth dashboard`: a login link from the daemon, opened with `xdg-open`.
+async fn dashboard(print: bool, logs: Option<&str>) -> Result<()> {
+    let path = match logs {
+        Some(name) => {
+            check_name(name)?;
+            format!("/services/{name}/logs")
+        }
+        None => "/".to_string(),
+    };
+    let url = client()?.web_session(&path).await?;
+    let graphical =
+        std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
+    if print || !graphical {
+        // The link works once and for two minutes.
+        println!("{url}");
+        return Ok(());
+    }
+    let status = std::process::Command::new("xdg-open")
+        .arg(&url)
+        .stdin(std::process::Stdio::null())
+        .status()
+        .context("run xdg-open (or use `berth dashboard --print`)")?;
+    if !status.success() {
+        bail!("xdg-open failed ({status}); `berth dashboard --print` prints the link instead");
+    }
+    Ok(())
 }
 
 /// What is wrong with the daemon's catalog or Podman, on stderr before a listing.

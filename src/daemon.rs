@@ -110,8 +110,31 @@ pub struct Listeners {
     pub api: UnixListener,
     /// `[metrics] listen`, with who may read it.
     pub metrics: Option<(TcpListener, metrics::Access)>,
+    /// The local web page: its listener, or why it has none (off, the port taken).
+    pub web: Result<TcpListener, String>,
     /// Stable-port sockets systemd kept for us across a restart (fd store names).
     pub ports: Vec<(String, OwnedFd)>,
+}
+
+/// The local web page's listener as config.toml asks for it.
+pub async fn bind_web(config: &crate::config::WebConfig) -> Result<TcpListener, String> {
+    if !config.enabled {
+        return Err("the local web page is off (config.toml: [web] enabled = false)".into());
+    }
+    let addr = config.listen;
+    match crate::proxy::forward::bind(addr) {
+        Ok(l) => Ok(l),
+        Err(e) => {
+            let who =
+                tokio::task::spawn_blocking(move || crate::proxy::owner::describe(addr.port()))
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|w| format!(" (taken by {w})"))
+                    .unwrap_or_default();
+            Err(format!("the local web page cannot listen on {addr}: {e}{who}; set another port in config.toml [web] listen"))
+        }
+    }
 }
 
 /// What the daemon is told, beyond its edges.
@@ -167,6 +190,7 @@ pub async fn start(
         }
         None => None,
     };
+    let web = bind_web(&config.web).await;
     tracing::debug!(?config, "admin configuration");
     let edges = Edges {
         systemd,
@@ -187,6 +211,7 @@ pub async fn start(
         Listeners {
             api,
             metrics,
+            web,
             ports,
         },
         shutdown,
@@ -311,13 +336,60 @@ where
     }
     info!(socket = %paths.socket().display(), "berth daemon ready");
     let proxy = handle.proxy();
+    let sessions = Arc::new(crate::web::Sessions::default());
+    let (web_listener, web_link) = match listeners.web {
+        Ok(l) => {
+            let addr = l.local_addr().map_err(DaemonError::Serve)?;
+            let link = crate::web::WebLink {
+                sessions: sessions.clone(),
+                base: format!("http://{addr}"),
+            };
+            handle
+                .set_web(engine::WebSeen {
+                    url: Some(format!("{}/", link.base)),
+                    error: None,
+                })
+                .await;
+            info!(%addr, "the local web page serves on http://{addr}/");
+            (Some((l, addr)), Ok(link))
+        }
+        Err(why) => {
+            if config.web.enabled {
+                warn!("{why}");
+            }
+            handle
+                .set_web(engine::WebSeen {
+                    url: None,
+                    error: Some(why.clone()),
+                })
+                .await;
+            (None, Err(why))
+        }
+    };
     let state = ApiState {
         engine: handle,
         podman,
         paths: paths.clone(),
         metrics: Arc::new(sources),
         stopping: stopping.clone(),
+        web: web_link,
     };
+    if let Some((listener, addr)) = web_listener {
+        let web_state = crate::web::WebState {
+            api: state.clone(),
+            guard: Arc::new(crate::web::Guard::new(addr, sessions)),
+        };
+        let mut stop = stopping.clone();
+        tasks.spawn(async move {
+            let served = crate::web::serve(listener, web_state, async move {
+                let _either_way = stop.wait_for(|s| *s).await;
+            })
+            .await;
+            if let Err(err) = served {
+                warn!(%err, "the local web page stopped: {err}");
+            }
+        });
+    }
     let mut api_stop = stopping.clone();
     let served = api::serve(listeners.api, state, async move {
         tokio::select! {
@@ -362,7 +434,7 @@ where
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! A whole daemon — engine, proxy, API, health consumers — against in-memory edges, on an
     //! API socket of the test's own, driven through the client crate the CLI uses.
 
@@ -372,15 +444,22 @@ mod tests {
     use berth_proto::{ErrorCode, Event, State, Verb};
     use std::path::PathBuf;
 
-    struct Daemon {
-        client: Client,
+    pub(crate) struct Daemon {
+        pub client: Client,
+        /// The local web page's address, when the test asked for it.
+        pub web: Option<std::net::SocketAddr>,
         stop: Option<tokio::sync::oneshot::Sender<()>>,
         task: tokio::task::JoinHandle<Result<(), DaemonError>>,
         _dir: tempfile::TempDir,
     }
 
     impl Daemon {
-        async fn start(catalog: &[(&str, &str)]) -> Daemon {
+        pub async fn start(catalog: &[(&str, &str)]) -> Daemon {
+            Self::start_with(catalog, false).await
+        }
+
+        /// With `web`, the local web page serves on a free loopback port.
+        pub async fn start_with(catalog: &[(&str, &str)], web: bool) -> Daemon {
             let dir = tempfile::tempdir().expect("tempdir");
             let etc = dir.path().join("etc");
             std::fs::create_dir_all(etc.join("catalog.d")).expect("catalog.d");
@@ -401,6 +480,14 @@ mod tests {
             podman.add_images(["localhost/berth-demo:1"]);
             let socket = paths.runtime_dir.join("api.sock");
             let api = api::bind(&socket).await.expect("bind");
+            let web_listener = if web {
+                Ok(TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind the page"))
+            } else {
+                Err("off in this test".to_string())
+            };
+            let web = web_listener.as_ref().ok().and_then(|l| l.local_addr().ok());
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let task = tokio::spawn(run(
                 Edges {
@@ -420,6 +507,7 @@ mod tests {
                 Listeners {
                     api,
                     metrics: None,
+                    web: web_listener,
                     ports: Vec::new(),
                 },
                 async move {
@@ -437,6 +525,7 @@ mod tests {
             }
             Daemon {
                 client,
+                web,
                 stop: Some(stop),
                 task,
                 _dir: dir,
@@ -444,7 +533,7 @@ mod tests {
         }
 
         /// Stops it as SIGTERM would and waits until every task is joined.
-        async fn stop(mut self) {
+        pub async fn stop(mut self) {
             if let Some(s) = self.stop.take() {
                 let _daemon_may_be_gone = s.send(());
             }
@@ -456,7 +545,7 @@ mod tests {
         }
     }
 
-    const WEB: &str = r#"name = "it-web"
+    pub(crate) const WEB: &str = r#"name = "it-web"
 description = "a page"
 [[containers]]
 name = "web"

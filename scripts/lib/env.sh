@@ -52,6 +52,8 @@ BERTH_ENV_PACKAGES=(
 # a VM running berth must not get a Prometheus server.
 BERTH_ENV_TEST_PACKAGES=(
     prometheus               # prometheus, promtool: tests/metrics.rs scrapes berth for real
+    chromium                 # tests/web.rs drives the local web page in a real browser
+    chromium-driver          #   through its WebDriver
 )
 # Podman needs a container network stack (Debian's containers-common depends
 # on the virtual package "container-network-stack"). With --no-install-recommends

@@ -177,6 +177,13 @@ impl World {
             .tempdir()
             .expect("tempdir");
         std::fs::create_dir_all(dir.path().join("etc/catalog.d")).expect("catalog.d");
+        // The local web page is off unless a test wants it (on a port of its own): the
+        // default port may be another user's, such as the one README's main command runs.
+        std::fs::write(
+            dir.path().join("etc/config.toml"),
+            "[web]\nenabled = false\n",
+        )
+        .expect("config.toml");
         let w = World {
             dir,
             services: services.iter().map(|s| s.to_string()).collect(),
@@ -194,6 +201,12 @@ impl World {
 
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("api.sock")
+    }
+
+    /// The admin's config.toml (replacing the default one of the test, which turns the local
+    /// web page off).
+    pub fn config(&self, text: &str) {
+        std::fs::write(self.etc().join("config.toml"), text).expect("write config.toml");
     }
 
     /// Adds (or replaces) an admin catalog file.

@@ -255,6 +255,12 @@ pub struct DaemonInfo {
     /// states may be old).
     #[serde(default)]
     pub podman_error: Option<String>,
+    /// The local web page's address, when it serves.
+    #[serde(default)]
+    pub web_url: Option<String>,
+    /// Why the local web page does not serve (off, or its port taken).
+    #[serde(default)]
+    pub web_error: Option<String>,
     pub counters: Counters,
 }
 
@@ -374,6 +380,8 @@ pub enum ErrorCode {
     BadRequest,
     /// The caller may not use this API (another user, a foreign web origin).
     Forbidden,
+    /// A part of berth that is switched off or could not start (the local web page).
+    Unavailable,
     /// An answer of a newer daemon this client does not know.
     #[serde(other)]
     Other,
@@ -390,6 +398,12 @@ pub struct ErrorBody {
 
 fn other_code() -> ErrorCode {
     ErrorCode::Other
+}
+
+/// The answer to `POST /v1/web/session`: a one-time login link to the local web page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebSession {
+    pub url: String,
 }
 
 /// The answer to `POST /v1/catalog/reload`.
@@ -469,6 +483,8 @@ mod tests {
             catalog_error: None,
             catalog_in_force: None,
             podman_error: None,
+            web_url: None,
+            web_error: None,
             counters: Counters::default(),
         };
         let mut p = Snapshot {
