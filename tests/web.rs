@@ -13,6 +13,46 @@ const PAGE_PORT: u16 = 18215;
 const SERVICE_PORT: u16 = 18216;
 const DRIVER_PORT: u16 = 18217;
 
+/// When a unit last became active, in microseconds of the wall clock (systemd's
+/// `ActiveEnterTimestamp`).
+fn unit_active_since_us(unit: &str) -> Option<u64> {
+    let o = systemctl(&[
+        "show",
+        "--property=ActiveEnterTimestamp",
+        "--timestamp=unix",
+        "--value",
+        unit,
+    ]);
+    let t = String::from_utf8_lossy(&o.stdout);
+    // `@1796160483` has seconds only; the D-Bus property has microseconds.
+    let path = format!(
+        "/org/freedesktop/systemd1/unit/{}",
+        unit.replace('-', "_2d").replace('.', "_2e")
+    );
+    let o = run(
+        "busctl",
+        &[
+            "--user",
+            "get-property",
+            "org.freedesktop.systemd1",
+            &path,
+            "org.freedesktop.systemd1.Unit",
+            "ActiveEnterTimestamp",
+        ],
+    );
+    let us = String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok());
+    us.or_else(|| {
+        t.trim()
+            .trim_start_matches('@')
+            .parse::<u64>()
+            .ok()
+            .map(|s| s * 1_000_000)
+    })
+}
+
 /// chromedriver, stopped by its PID when dropped.
 struct Driver(Child);
 
@@ -157,6 +197,24 @@ fn the_page_turns_a_service_on_follows_it_live_and_shows_its_logs() {
             .await?;
             if unit_active("berth-it-page.service") != "active" {
                 return Err("the page says running but the unit is not active".into());
+            }
+            // How long after the unit became active the page showed it (printed for
+            // bench/page.sh; both clocks are this machine's wall clock).
+            let seen = c
+                .find(Locator::Css(card))
+                .await
+                .map_err(|e| e.to_string())?
+                .attr("data-seen")
+                .await
+                .map_err(|e| e.to_string())?
+                .unwrap_or_default();
+            let seen_ms: Option<u64> = seen.strip_prefix("running@").and_then(|t| t.parse().ok());
+            let active_us = unit_active_since_us("berth-it-page.service");
+            if let (Some(seen), Some(active)) = (seen_ms, active_us) {
+                println!(
+                    "page latency: running shown {} ms after the unit became active",
+                    seen as i64 - (active / 1000) as i64
+                );
             }
             assert_page(SERVICE_PORT);
             // What README shows: the page as it is now. Saved where scripts/screenshots says

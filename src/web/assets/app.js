@@ -155,11 +155,15 @@ function onEvent(ev) {
       render();
       routeLogs();
       break;
-    case "service":
+    case "service": {
       services.set(ev.status.name, ev.status);
       if (ev.status.state !== "waiting") pulls.delete(ev.status.name);
       render();
+      // When this state reached the page (benchmarks compare it with the unit's change).
+      const c = cards.get(ev.status.name);
+      if (c) c.dataset.seen = `${ev.status.state}@${Date.now()}`;
       break;
+    }
     case "removed":
       services.delete(ev.service);
       render();
