@@ -115,6 +115,8 @@ pub enum Cmd {
         /// Only these services (default: all).
         names: Vec<String>,
     },
+    /// As root: prepare the machine and users for berth (first boot, image builds).
+    Setup(crate::setup::cli::Args),
     /// Catalog tools.
     Catalog {
         #[command(subcommand)]
@@ -299,6 +301,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Cmd::Catalog {
             command: CatalogCmd::Validate { paths, alone },
         } => validate(&paths, alone),
+        Cmd::Setup(args) => crate::setup::cli::run(args),
         Cmd::NetnsSockets => crate::proxy::netns::serve_helper().context("netns-sockets helper"),
         Cmd::Forward { listen, to } => crate::proxy::forward::run_forward(listen, to)
             .await

@@ -26,6 +26,7 @@ pub mod podman;
 pub mod proxy;
 pub mod push;
 pub mod secret;
+pub mod setup;
 pub mod state;
 pub mod sys;
 pub mod systemd;

@@ -52,6 +52,7 @@ BERTH_ENV_PACKAGES=(
 # a VM running berth must not get a Prometheus server.
 BERTH_ENV_TEST_PACKAGES=(
     prometheus               # prometheus, promtool: tests/metrics.rs scrapes berth for real
+    cloud-init               # `cloud-init schema` and python3-yaml: tests/cloud_init.rs
     chromium                 # tests/web.rs drives the local web page in a real browser
     chromium-driver          #   through its WebDriver
 )
@@ -395,59 +396,34 @@ berth_env_user_exports() {
 # The test user and its systemd user manager
 # ---------------------------------------------------------------------------
 
-# Highest "start+count" over all ranges in /etc/subuid and /etc/subgid, so a
-# new range can start right after it without overlapping anyone.
-_berth_env_subid_end() {
-    local file max=100000 end
-    for file in /etc/subuid /etc/subgid; do
-        [[ -f "$file" ]] || continue
-        end=$(awk -F: 'NF == 3 && $2 ~ /^[0-9]+$/ && $3 ~ /^[0-9]+$/ { e = $2 + $3; if (e > m) m = e } END { print m + 0 }' "$file")
-        ((end > max)) && max=$end
-    done
-    echo "$max"
+# The berth binary that runs `berth setup`: BERTH_SETUP_BIN, else a debug build of this
+# checkout (scripts/test builds it next anyway; scripts/run passes its release build).
+_berth_env_setup_bin() {
+    if [[ -n "${BERTH_SETUP_BIN:-}" ]]; then
+        echo "$BERTH_SETUP_BIN"
+        return 0
+    fi
+    local repo
+    repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+    if ! command -v cargo >/dev/null && [[ -x "${HOME:-/root}/.cargo/bin/cargo" ]]; then
+        PATH="${HOME:-/root}/.cargo/bin:$PATH"
+    fi
+    berth_env_log "building berth for berth setup (debug)"
+    (cd "$repo" && cargo build --quiet --bin berth >&2) || berth_env_die "cargo build of berth failed"
+    echo "$repo/target/debug/berth"
 }
 
-_berth_env_ensure_user() {
-    local user=$1 added_ids=0
-    if ! id -u "$user" >/dev/null 2>&1; then
-        useradd -m -s /bin/bash "$user"
-        berth_env_log "user: created $user"
-    fi
-    # useradd only allocates subordinate ids when the files already exist
-    # (and not at all on older shadow versions): check and fill the gap.
-    touch /etc/subuid /etc/subgid
-    if ! grep -q "^$user:" /etc/subuid || ! grep -q "^$user:" /etc/subgid; then
-        local start end
-        start=$(_berth_env_subid_end)
-        end=$((start + 65535))
-        grep -q "^$user:" /etc/subuid || usermod --add-subuids "$start-$end" "$user"
-        grep -q "^$user:" /etc/subgid || usermod --add-subgids "$start-$end" "$user"
-        added_ids=1
-        berth_env_log "user: gave $user subordinate ids $start-$end"
-    fi
-    # Podman caches the id mapping in its storage; refresh it if it changed.
-    if ((added_ids)) && [[ -d "$(_berth_env_home "$user")/.local/share/containers" ]]; then
-        berth_env_as_user "$user" podman system migrate >&2 || true
-    fi
-}
-
-# Native overlay for rootless storage: Podman's default fell back to vfs on
-# these VMs, which copies every layer. Written as the user (not root) so a
-# symlink in the user's home cannot make root write elsewhere. An existing
-# file is left alone: changing the driver of existing storage breaks it.
-_berth_env_ensure_storage_conf() {
-    local user=$1
-    local content
-    content=$(printf '# %s\n[storage]\ndriver = "overlay"\n' "$BERTH_ENV_MARK")
-    # shellcheck disable=SC2016 # expanded by the inner shell, on purpose
-    berth_env_as_user "$user" sh -c '
-        dir=$HOME/.config/containers
-        [ -e "$dir/storage.conf" ] && exit 0
-        mkdir -p "$dir" &&
-        printf "%s\n" "$1" >"$dir/storage.conf.tmp" &&
-        mv -f "$dir/storage.conf.tmp" "$dir/storage.conf" &&
-        echo "berth-env: user: wrote $dir/storage.conf" >&2
-    ' sh "$content"
+# What a real machine needs too is `berth setup`'s job (as cloud-init runs it at first boot):
+# the user (created here if missing), subordinate ids, overlay storage in the user's
+# storage.conf, lingering, and berth's unit enabled unless BERTH_ENV_NO_UNIT=1 (the test
+# user, whose tests start their own daemons). Its report goes to stderr.
+_berth_env_setup_user() {
+    local user=$1 bin
+    bin=$(_berth_env_setup_bin)
+    local -a args=(setup --user "$user" --create-users)
+    [[ "${BERTH_ENV_NO_UNIT:-0}" == 1 ]] && args+=(--no-unit)
+    "$bin" "${args[@]}" | sed 's/^/berth-env: setup: /' >&2 ||
+        berth_env_die "berth setup for $user failed"
 }
 
 # State of USER's manager as `systemctl --user is-system-running` reports it
@@ -649,8 +625,7 @@ berth_env_user_session() {
         return 0
     fi
 
-    _berth_env_ensure_user "$user"
-    _berth_env_ensure_storage_conf "$user"
+    _berth_env_setup_user "$user"
     local uid
     uid=$(_berth_env_uid "$user")
 

@@ -38,17 +38,41 @@ impl Sources {
     }
 }
 
-/// The `v1` keys berth uses. Early cloud-init releases spelled some with dashes.
+/// The `v1` keys berth uses. cloud-init writes each key with underscores and, for older
+/// readers, also with dashes (22.4 writes both into the same object), so both spellings are
+/// read as separate fields and the underscore one wins: a serde alias would refuse the file as
+/// a duplicate field.
 #[derive(Debug, Default, Deserialize)]
 struct V1 {
-    #[serde(alias = "instance-id")]
     instance_id: Option<String>,
-    #[serde(alias = "local-hostname")]
+    #[serde(rename = "instance-id")]
+    instance_id_dashed: Option<String>,
     local_hostname: Option<String>,
+    #[serde(rename = "local-hostname")]
+    local_hostname_dashed: Option<String>,
     cloud_name: Option<String>,
+    #[serde(rename = "cloud-name")]
+    cloud_name_dashed: Option<String>,
     region: Option<String>,
-    #[serde(alias = "availability-zone")]
     availability_zone: Option<String>,
+    #[serde(rename = "availability-zone")]
+    availability_zone_dashed: Option<String>,
+}
+
+impl V1 {
+    /// One value per key: the underscore spelling, else the dashed one.
+    fn merged(self) -> V1 {
+        V1 {
+            instance_id: non_empty(self.instance_id).or(non_empty(self.instance_id_dashed)),
+            local_hostname: non_empty(self.local_hostname)
+                .or(non_empty(self.local_hostname_dashed)),
+            cloud_name: non_empty(self.cloud_name).or(non_empty(self.cloud_name_dashed)),
+            region: self.region,
+            availability_zone: non_empty(self.availability_zone)
+                .or(non_empty(self.availability_zone_dashed)),
+            ..V1::default()
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,7 +95,7 @@ pub fn read(src: &Sources, uid: u32, user_env: Option<String>) -> Identity {
     let cloud = std::fs::read(&src.instance_data)
         .ok()
         .and_then(|b| match serde_json::from_slice::<InstanceData>(&b) {
-            Ok(d) => Some(d.v1),
+            Ok(d) => Some(d.v1.merged()),
             Err(err) => {
                 tracing::warn!(path = %src.instance_data.display(), %err, "cannot use cloud-init instance data");
                 None
@@ -156,6 +180,34 @@ mod tests {
         assert_eq!(id.vm.source, IdentitySource::CloudInit);
         assert_eq!(id.user.name, "alice", "from passwd");
         assert_eq!(read(&src, 1000, Some("bob".into())).user.name, "bob");
+    }
+
+    /// Regression: cloud-init 22.4.2 (Debian 12) writes `availability_zone` and
+    /// `availability-zone` side by side; berth refused the whole file as a duplicate field and
+    /// reported the machine-id instead of the instance. Recorded from the boot check's VM.
+    #[test]
+    fn both_spellings_of_cloud_init_22_4_are_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut src = sources(dir.path());
+        src.instance_data = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src/push/testdata/instance-data-nocloud-22.4.2.json");
+        let id = read(&src, 1000, None);
+        assert_eq!(id.vm.source, IdentitySource::CloudInit);
+        assert!(id.vm.instance_id.starts_with("berth-check-"), "{:?}", id.vm);
+        assert_eq!(id.vm.hostname, "ws-alice");
+        // NoCloud has no cloud name of its own: cloud-init says "unknown".
+        assert_eq!(id.vm.cloud_name.as_deref(), Some("unknown"));
+
+        // Only the dashed spelling (early releases) still counts.
+        std::fs::write(
+            dir.path().join("old.json"),
+            r#"{"v1": {"instance-id": "i-old", "local-hostname": "h", "availability-zone": "z"}}"#,
+        )
+        .expect("write");
+        src.instance_data = dir.path().join("old.json");
+        let id = read(&src, 1000, None);
+        assert_eq!(id.vm.instance_id, "i-old");
+        assert_eq!(id.vm.availability_zone.as_deref(), Some("z"));
     }
 
     #[test]
