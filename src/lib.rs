@@ -12,6 +12,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod fsutil;
+pub mod gate;
 pub mod health;
 pub mod metrics;
 pub mod notify;
