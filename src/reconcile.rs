@@ -817,6 +817,24 @@ where
                 result: result.as_deref(),
                 restarts,
             });
+            // A pod member that failed while the pod runs (its health gate timed out, or it
+            // crashed past its restarts) fails the service with the member's reason.
+            let (state, reason) = match svc.containers.iter().find(|c| {
+                svc.is_pod()
+                    && units
+                        .get(&units::container_unit(svc, c))
+                        .is_some_and(|u| u.active == "failed")
+            }) {
+                Some(c) if matches!(state, State::Running | State::Starting | State::Unhealthy) => {
+                    let unit = units::container_unit(svc, c);
+                    let code = self.systemd.exec_main_status(&unit).await.unwrap_or(0);
+                    (
+                        State::Failed,
+                        Some(crate::gate::member_failed(svc, c, code)),
+                    )
+                }
+                _ => (state, reason),
+            };
             let on_demand_idle = svc.on_demand
                 && choice == Choice::On
                 && !self.awake.contains(name)
