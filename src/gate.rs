@@ -64,9 +64,9 @@ pub const START_MARGIN: Duration = Duration::from_secs(30);
 /// "2m", "90s", "1h": a duration as the catalog writes it.
 pub fn human(d: Duration) -> String {
     let s = d.as_secs();
-    if s >= 3600 && s % 3600 == 0 {
+    if s >= 3600 && s.is_multiple_of(3600) {
         format!("{}h", s / 3600)
-    } else if s >= 60 && s % 60 == 0 {
+    } else if s >= 60 && s.is_multiple_of(60) {
         format!("{}m", s / 60)
     } else {
         format!("{s}s")
@@ -149,17 +149,29 @@ image = "localhost/cache:1"
     #[test]
     fn only_siblings_with_a_health_check_gate() {
         let s = svc(POD);
-        let web = s.containers.iter().find(|c| c.name == "web").unwrap();
+        let web = s
+            .containers
+            .iter()
+            .find(|c| c.name == "web")
+            .expect("test setup");
         let names: Vec<_> = gated(&s, web).iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["db"], "cache has no health check");
-        let db = s.containers.iter().find(|c| c.name == "db").unwrap();
+        let db = s
+            .containers
+            .iter()
+            .find(|c| c.name == "db")
+            .expect("test setup");
         assert!(gated(&s, db).is_empty());
     }
 
     #[test]
     fn the_reason_names_the_dependency_and_the_bound() {
         let s = svc(POD);
-        let web = s.containers.iter().find(|c| c.name == "web").unwrap();
+        let web = s
+            .containers
+            .iter()
+            .find(|c| c.name == "web")
+            .expect("test setup");
         assert_eq!(
             failure_reason(&s, web, GATE_EXIT_BASE).as_deref(),
             Some("db never became healthy within 2m; web was not started")
@@ -189,7 +201,7 @@ image = "localhost/cache:1"
     /// The loop is real shell: run it with a fake podman that turns healthy on its third call.
     #[test]
     fn the_script_waits_then_execs_and_times_out_with_the_code() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("test setup");
         let fake = dir.path().join("podman");
         let count = dir.path().join("count");
         std::fs::write(
@@ -200,23 +212,23 @@ image = "localhost/cache:1"
                 c = count.display()
             ),
         )
-        .unwrap();
+        .expect("test setup");
         std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
+            .expect("test setup");
         let run = |t: &str| {
             std::process::Command::new("/bin/sh")
                 .args(["-c", &script(), "berth-health-gate"])
                 .arg(&fake)
                 .args([t, "2m", "berth-app--", "db", "--", "echo", "started", "ok"])
                 .output()
-                .unwrap()
+                .expect("test setup")
         };
         let o = run("30");
         assert!(o.status.success(), "{o:?}");
         assert_eq!(String::from_utf8_lossy(&o.stdout), "started ok\n");
         assert!(String::from_utf8_lossy(&o.stderr).contains("db is healthy after"));
 
-        std::fs::write(&count, "-100").unwrap();
+        std::fs::write(&count, "-100").expect("test setup");
         let o = run("1");
         assert_eq!(o.status.code(), Some(GATE_EXIT_BASE), "{o:?}");
         assert!(String::from_utf8_lossy(&o.stderr).contains("db never became healthy within 2m"));

@@ -240,9 +240,17 @@ env = { MODE = "debug", EXTRA = "${secret.pw}" }
 "#,
         )
         .expect("valid patch");
-        let s = c.get("web").unwrap();
-        let app = s.containers.iter().find(|c| c.name == "app").unwrap();
-        let db = s.containers.iter().find(|c| c.name == "db").unwrap();
+        let s = c.get("web").expect("test setup");
+        let app = s
+            .containers
+            .iter()
+            .find(|c| c.name == "app")
+            .expect("test setup");
+        let db = s
+            .containers
+            .iter()
+            .find(|c| c.name == "db")
+            .expect("test setup");
         assert_eq!(app.image, "localhost/app:1.0-local");
         assert_eq!(app.env["MODE"], "debug");
         assert_eq!(app.env["EXTRA"], "${secret.pw}");
@@ -325,7 +333,7 @@ env = { MODE = "debug", EXTRA = "${secret.pw}" }
                 "name = \"other\"\npatch = true\n",
             )],
         )
-        .unwrap_err();
+        .expect_err("no base");
         let d = alone.diagnostics()[0].to_string();
         assert!(
             d.contains(":1:8: name: no service \"other\" in the layers before this patch"),
@@ -340,13 +348,17 @@ env = { MODE = "debug", EXTRA = "${secret.pw}" }
             &[
                 Source::new("<built-in>/web.toml", BASE),
                 Source::new("/a/web.toml", "name = \"web\"\npatch = true\n[[containers]]\nname = \"app\"\nimage = \"localhost/app:2\"\n"),
-                Source::new("/b/web.toml", &BASE.replace("docker.io/example/app:1.0", "docker.io/example/app:3.0")),
+                Source::new("/b/web.toml", BASE.replace("docker.io/example/app:1.0", "docker.io/example/app:3.0")),
             ],
         )
         .expect("valid");
-        let s = c.get("web").unwrap();
+        let s = c.get("web").expect("test setup");
         assert_eq!(
-            s.containers.iter().find(|c| c.name == "app").unwrap().image,
+            s.containers
+                .iter()
+                .find(|c| c.name == "app")
+                .expect("test setup")
+                .image,
             "docker.io/example/app:3.0"
         );
         assert!(s.patched.is_empty());

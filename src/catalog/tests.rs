@@ -281,14 +281,14 @@ fn shm_size_is_a_size_within_bounds() {
     };
     let c = one(&with("\"256m\"")).expect("valid");
     assert_eq!(
-        c.get("web").unwrap().containers[0].shm_size,
+        c.get("web").expect("test setup").containers[0].shm_size,
         Some(256 << 20)
     );
     assert_eq!(
         one(&with("\"1GB\""))
             .expect("valid")
             .get("web")
-            .unwrap()
+            .expect("test setup")
             .containers[0]
             .shm_size,
         Some(1 << 30)
