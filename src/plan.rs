@@ -328,6 +328,20 @@ pub fn plan(desired: &Desired, actual: &Actual) -> Plan {
                 unit: main.clone(),
             });
         }
+        // A pod member left failed by an earlier start (its health gate timed out) would
+        // read as this start's failure until its own start job runs.
+        for u in d.units.iter().skip(1) {
+            if actual
+                .units
+                .get(&u.name)
+                .is_some_and(|s| s.active == "failed")
+            {
+                acts.push(Action::ResetFailed {
+                    service: name.clone(),
+                    unit: u.name.clone(),
+                });
+            }
+        }
         acts.push(if running {
             Action::Restart {
                 service: name.clone(),

@@ -833,6 +833,16 @@ where
                         Some(crate::gate::member_failed(svc, c, code)),
                     )
                 }
+                // A member not up yet (waiting for its health gate) keeps the pod starting.
+                _ if state == State::Running => match svc.containers.iter().find(|c| {
+                    svc.is_pod()
+                        && units
+                            .get(&units::container_unit(svc, c))
+                            .is_none_or(|u| u.active != "active")
+                }) {
+                    Some(c) => (State::Starting, Some(format!("{} is starting", c.name))),
+                    None => (state, reason),
+                },
                 _ => (state, reason),
             };
             let on_demand_idle = svc.on_demand
