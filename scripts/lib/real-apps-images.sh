@@ -129,7 +129,10 @@ apps_build() {
     chmod -R a+rX "$ctx"
     local log=$BERTH_APPS_CACHE/build-$name.log started=$SECONDS
     apps_log "image: building $tag (log: $log)"
+    # npm opens thousands of cache files at once: Podman's default of 1024 here (see
+    # env.sh) is too few, the user's hard limit on these machines is 20000.
     if ! berth_env_as_user "$user" podman build --layers --pull=never -t "$tag" \
+        --ulimit nofile=16384:16384 \
         --label "io.berth.content=$key" "$@" -f "$ctx/Containerfile" "$ctx" >"$log" 2>&1; then
         tail -n 30 "$log" >&2
         rm -rf "$ctx"
