@@ -1,27 +1,32 @@
 //! The local API: JSON over HTTP on a unix socket (`$XDG_RUNTIME_DIR/berth/api.sock`, 0600),
-//! used by the CLI and the tray.
+//! used by the CLI and the tray. Wire types are in `berth-proto`.
 //!
 //! Handlers validate, hand the work to the engine task and return what it says; only reads
 //! that need no state (logs, pull progress) talk to Podman directly. Connections from other
-//! users are refused by peer credentials, on top of the socket's 0600 mode.
+//! users are refused by peer credentials, on top of the socket's 0600 mode, with an answer
+//! that says why.
 
 use std::convert::Infallible;
 use std::path::Path;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path as UrlPath, Query, State as AxState};
 use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use berth_proto::{ErrorBody, ErrorCode, Event, ReloadAnswer, Verb};
+use futures_util::Stream;
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tracing::warn;
 
+use crate::engine::{full_message, EngineError, Handle};
 use crate::podman::Podman;
-use crate::reconcile::{Command, EngineError, Handle};
-use crate::state::Choice;
 use crate::units;
 
 #[derive(Debug, Clone)]
@@ -30,37 +35,46 @@ pub struct ApiState<P> {
     pub podman: P,
     /// Where the containers' log files are (they outlive the containers).
     pub paths: crate::paths::Paths,
+    pub metrics: Arc<crate::metrics::Sources>,
+    /// Turns true when the daemon stops: open event streams end then.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
-/// The JSON body of every error answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ErrorBody {
-    pub error: String,
-}
-
-/// One place that decides the HTTP status of each engine error.
-fn status_of(e: &EngineError) -> StatusCode {
+/// One place that decides the HTTP status and code of each engine error. No `_` arm: a new
+/// variant must decide here.
+fn status_of(e: &EngineError) -> (StatusCode, ErrorCode) {
     match e {
-        EngineError::UnknownService(_) => StatusCode::NOT_FOUND,
-        EngineError::Denied(_) => StatusCode::FORBIDDEN,
-        EngineError::NotEnabled(_) => StatusCode::CONFLICT,
-        EngineError::Catalog(_) => StatusCode::UNPROCESSABLE_ENTITY,
-        EngineError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        EngineError::Gone => StatusCode::SERVICE_UNAVAILABLE,
+        EngineError::UnknownService(_) => (StatusCode::NOT_FOUND, ErrorCode::UnknownService),
+        EngineError::Denied(_) => (StatusCode::FORBIDDEN, ErrorCode::Denied),
+        EngineError::Required(_) => (StatusCode::FORBIDDEN, ErrorCode::Required),
+        EngineError::NotEnabled(_) => (StatusCode::CONFLICT, ErrorCode::NotEnabled),
+        EngineError::Catalog(_) => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::Catalog),
+        EngineError::State(_) | EngineError::Gather(_) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::State)
+        }
+        EngineError::NotOnDemand(_) => (StatusCode::CONFLICT, ErrorCode::BadRequest),
+        EngineError::CannotStart { .. } => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::State),
+        EngineError::Gone => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Gone),
     }
+}
+
+fn error(status: StatusCode, code: ErrorCode, message: String) -> Response {
+    (
+        status,
+        Json(ErrorBody {
+            code,
+            error: message,
+        }),
+    )
+        .into_response()
 }
 
 struct ApiError(EngineError);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            status_of(&self.0),
-            Json(ErrorBody {
-                error: self.0.to_string(),
-            }),
-        )
-            .into_response()
+        let (status, code) = status_of(&self.0);
+        error(status, code, full_message(&self.0))
     }
 }
 
@@ -80,43 +94,40 @@ pub fn router<P: Podman + Clone + 'static>(state: ApiState<P>) -> Router {
         .route("/v1/services/{name}/pull", post(pull::<P>))
         .route("/v1/services/{name}/logs", get(logs::<P>))
         .route("/v1/services/{name}/{verb}", post(verb::<P>))
+        .route("/v1/events", get(events::<P>))
         .route("/v1/plan", get(plan::<P>))
         .route("/v1/reconcile", post(reconcile::<P>))
         .route("/v1/catalog/reload", post(reload::<P>))
-        .route("/metrics", get(crate::metrics::api_metrics::<P>))
+        .route("/metrics", get(metrics::<P>))
+        .fallback(not_found)
         .with_state(state)
+}
+
+async fn not_found(uri: axum::http::Uri) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        ErrorCode::NotFound,
+        format!("no such API path: {}", uri.path()),
+    )
 }
 
 async fn daemon<P: Podman + Clone + 'static>(
     AxState(s): AxState<ApiState<P>>,
-) -> ApiResult<crate::status::DaemonInfo> {
-    Ok(Json(s.engine.ask(|reply| Command::Info { reply }).await?))
+) -> ApiResult<berth_proto::DaemonInfo> {
+    Ok(Json(s.engine.info().await?))
 }
 
 async fn list<P: Podman + Clone + 'static>(
     AxState(s): AxState<ApiState<P>>,
-) -> ApiResult<Vec<crate::status::ServiceStatus>> {
-    Ok(Json(
-        s.engine
-            .ask(|reply| Command::Status {
-                service: None,
-                reply,
-            })
-            .await??,
-    ))
+) -> ApiResult<Vec<berth_proto::ServiceStatus>> {
+    Ok(Json(s.engine.status(None).await?))
 }
 
 async fn one<P: Podman + Clone + 'static>(
     AxState(s): AxState<ApiState<P>>,
     UrlPath(name): UrlPath<String>,
-) -> ApiResult<crate::status::ServiceStatus> {
-    let mut v = s
-        .engine
-        .ask(|reply| Command::Status {
-            service: Some(name.clone()),
-            reply,
-        })
-        .await??;
+) -> ApiResult<berth_proto::ServiceStatus> {
+    let mut v = s.engine.status(Some(&name)).await?;
     v.pop()
         .map(Json)
         .ok_or(ApiError(EngineError::UnknownService(name)))
@@ -126,76 +137,83 @@ async fn verb<P: Podman + Clone + 'static>(
     AxState(s): AxState<ApiState<P>>,
     UrlPath((name, verb)): UrlPath<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let catalog = s.engine.catalog();
-    let (choice, force) = match verb.as_str() {
-        "enable" | "start" => (Choice::On, true),
-        "disable" => (Choice::Off, false),
-        "stop" => (Choice::Stopped, false),
-        "restart" => (Choice::On, true),
-        _ => {
-            return Ok((
-                StatusCode::NOT_FOUND,
-                Json(ErrorBody {
-                    error: format!("unknown action {verb:?}"),
-                }),
-            )
-                .into_response())
-        }
+    let Some(verb) = Verb::parse(&verb) else {
+        let known: Vec<&str> = Verb::ALL.iter().map(|v| v.as_str()).collect();
+        return Ok(error(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            format!("unknown action {verb:?} (one of {})", known.join(", ")),
+        ));
     };
-    if verb == "restart" || verb == "stop" {
-        // Stopping or restarting a service that is not enabled is a mistake worth naming.
-        let statuses = s
-            .engine
-            .ask(|reply| Command::Status {
-                service: Some(name.clone()),
-                reply,
-            })
-            .await??;
-        if statuses.first().is_some_and(|st| st.choice == "off") && catalog.get(&name).is_some() {
-            return Err(ApiError(EngineError::NotEnabled(name)));
-        }
-    }
-    let report = s
-        .engine
-        .ask(|reply| Command::Choose {
-            service: name.clone(),
-            choice,
-            force,
-            reply,
-        })
-        .await??;
+    let report = s.engine.act(&name, verb).await?;
     Ok(Json(report).into_response())
 }
 
 async fn plan<P: Podman + Clone + 'static>(
     AxState(s): AxState<ApiState<P>>,
-) -> ApiResult<crate::plan::Plan> {
-    Ok(Json(s.engine.ask(|reply| Command::Plan { reply }).await??))
+) -> ApiResult<berth_proto::Plan> {
+    Ok(Json(s.engine.plan().await?))
 }
 
 async fn reconcile<P: Podman + Clone + 'static>(
     AxState(s): AxState<ApiState<P>>,
-) -> ApiResult<crate::status::PassReport> {
-    Ok(Json(
-        s.engine
-            .ask(|reply| Command::Reconcile { reply: Some(reply) })
-            .await?,
-    ))
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ReloadAnswer {
-    pub services: usize,
+) -> ApiResult<berth_proto::PassReport> {
+    Ok(Json(s.engine.reconcile().await?))
 }
 
 async fn reload<P: Podman + Clone + 'static>(
     AxState(s): AxState<ApiState<P>>,
 ) -> ApiResult<ReloadAnswer> {
-    let n = s
-        .engine
-        .ask(|reply| Command::ReloadCatalog { reply: Some(reply) })
-        .await??;
-    Ok(Json(ReloadAnswer { services: n }))
+    let services = s.engine.reload().await?;
+    Ok(Json(ReloadAnswer { services }))
+}
+
+async fn metrics<P: Podman + Clone + 'static>(AxState(s): AxState<ApiState<P>>) -> Response {
+    crate::metrics::render(&s.metrics)
+}
+
+/// The event stream as server-sent events: a snapshot first, then every event; a client that
+/// fell behind gets a fresh snapshot in place of what it missed.
+async fn events<P: Podman + Clone + 'static>(
+    AxState(s): AxState<ApiState<P>>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let (snapshot, rx) = s.engine.subscribe().await?;
+    let first = Event::Snapshot {
+        daemon: snapshot.daemon.clone(),
+        services: snapshot.services.clone(),
+    };
+    let state = (Some(first), rx, s.engine.clone(), s.stopping.clone());
+    let stream = futures_util::stream::unfold(
+        state,
+        |(pending, mut rx, engine, mut stopping)| async move {
+            if let Some(e) = pending {
+                return Some((sse(&e), (None, rx, engine, stopping)));
+            }
+            let next = tokio::select! {
+                r = rx.recv() => r,
+                _ = stopping.wait_for(|s| *s) => return None,
+            };
+            match next {
+                Ok(e) => Some((sse(&e), (None, rx, engine, stopping))),
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::debug!(missed, "an event client fell behind; sending a snapshot");
+                    let (snap, fresh) = engine.subscribe().await.ok()?;
+                    let e = Event::Snapshot {
+                        daemon: snap.daemon.clone(),
+                        services: snap.services.clone(),
+                    };
+                    Some((sse(&e), (None, fresh, engine, stopping)))
+                }
+                Err(broadcast::error::RecvError::Closed) => None,
+            }
+        },
+    );
+    Ok(Sse::new(stream))
+}
+
+fn sse(e: &Event) -> Result<SseEvent, Infallible> {
+    let data = serde_json::to_string(e).unwrap_or_else(|_| "{\"type\":\"unknown\"}".into());
+    Ok(SseEvent::default().event(e.kind()).data(data))
 }
 
 fn line_stream(rx: mpsc::Receiver<String>) -> Body {
@@ -207,6 +225,10 @@ fn line_stream(rx: mpsc::Receiver<String>) -> Body {
     Body::from_stream(stream)
 }
 
+fn unknown(name: String) -> ApiError {
+    ApiError(EngineError::UnknownService(name))
+}
+
 /// Pulls the service's missing images, streaming progress as text lines. The last line is
 /// `ok` or `error: …`.
 async fn pull<P: Podman + Clone + 'static>(
@@ -214,9 +236,7 @@ async fn pull<P: Podman + Clone + 'static>(
     UrlPath(name): UrlPath<String>,
 ) -> Result<Response, ApiError> {
     let catalog = s.engine.catalog();
-    let svc = catalog
-        .get(&name)
-        .ok_or_else(|| ApiError(EngineError::UnknownService(name.clone())))?;
+    let svc = catalog.get(&name).ok_or_else(|| unknown(name.clone()))?;
     let images: Vec<String> = svc.images().map(str::to_string).collect();
     let (tx, rx) = mpsc::channel(64);
     let podman = s.podman.clone();
@@ -237,7 +257,10 @@ async fn pull<P: Podman + Clone + 'static>(
             }
             let _client_may_have_left = tx.send(format!("{image}: pulling")).await;
             if let Err(e) = podman.pull(&image, tx.clone()).await {
-                failed = Some(format!("{image}: {e}"));
+                failed = Some(format!(
+                    "cannot pull {image}: {}",
+                    crate::engine::pull_reason(&e)
+                ));
                 break;
             }
         }
@@ -246,13 +269,8 @@ async fn pull<P: Podman + Clone + 'static>(
             Some(e) => format!("error: {e}"),
         };
         let _client_may_have_left = tx.send(last).await;
-        if engine
-            .sender()
-            .send(Command::Reconcile { reply: None })
-            .await
-            .is_err()
-        {
-            warn!("engine gone after a pull");
+        if let Err(err) = engine.reconcile().await {
+            warn!(%err, "engine gone after a pull");
         }
     });
     Ok(Response::builder()
@@ -274,9 +292,7 @@ async fn logs<P: Podman + Clone + 'static>(
     Query(q): Query<LogsQuery>,
 ) -> Result<Response, ApiError> {
     let catalog = s.engine.catalog();
-    let svc = catalog
-        .get(&name)
-        .ok_or_else(|| ApiError(EngineError::UnknownService(name.clone())))?;
+    let svc = catalog.get(&name).ok_or_else(|| unknown(name.clone()))?;
     let names: Vec<(String, String, std::path::PathBuf)> = svc
         .containers
         .iter()
@@ -350,7 +366,8 @@ async fn logs<P: Podman + Clone + 'static>(
         .unwrap_or_default())
 }
 
-/// A unix listener that only lets the daemon's own user in.
+/// A unix listener that only lets the daemon's own user in. Another user's connection gets a
+/// `403` that says why, then is closed.
 #[derive(Debug)]
 pub struct SameUserListener {
     inner: UnixListener,
@@ -359,11 +376,39 @@ pub struct SameUserListener {
 
 impl SameUserListener {
     pub fn new(inner: UnixListener) -> Self {
-        SameUserListener {
-            inner,
-            uid: crate::sys::uid(),
-        }
+        Self::for_uid(inner, crate::sys::uid())
     }
+
+    /// A listener that lets only `uid` in.
+    pub fn for_uid(inner: UnixListener, uid: u32) -> Self {
+        SameUserListener { inner, uid }
+    }
+}
+
+/// Tells a peer of another user that this berth is not theirs, in the API's own terms.
+async fn refuse_peer(mut stream: UnixStream, ours: u32, theirs: Option<u32>) {
+    let who = theirs.map_or_else(
+        || "a peer without credentials".to_string(),
+        |u| format!("uid {u}"),
+    );
+    let body = serde_json::to_string(&ErrorBody {
+        code: ErrorCode::Forbidden,
+        error: format!(
+            "this berth daemon serves uid {ours}; {who} may not use it (every user has their own berth: use your own session's socket)"
+        ),
+    })
+    .unwrap_or_default();
+    let answer = format!(
+        "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    // Read the request first: closing with unread data would reset the connection before
+    // the client reads the answer.
+    let mut buf = [0u8; 4096];
+    let _request =
+        tokio::time::timeout(std::time::Duration::from_millis(500), stream.read(&mut buf)).await;
+    let _peer_may_be_gone = stream.write_all(answer.as_bytes()).await;
+    let _peer_may_be_gone = stream.shutdown().await;
 }
 
 impl axum::serve::Listener for SameUserListener {
@@ -375,11 +420,21 @@ impl axum::serve::Listener for SameUserListener {
             match self.inner.accept().await {
                 Ok((stream, addr)) => match stream.peer_cred() {
                     Ok(c) if c.uid() == self.uid => return (stream, addr),
-                    Ok(c) => warn!(peer_uid = c.uid(), "refused a connection from another user"),
-                    Err(err) => warn!(%err, "refused a connection without peer credentials"),
+                    Ok(c) => {
+                        warn!(
+                            peer_uid = c.uid(),
+                            "refused a connection from uid {}",
+                            c.uid()
+                        );
+                        tokio::spawn(refuse_peer(stream, self.uid, Some(c.uid())));
+                    }
+                    Err(err) => {
+                        warn!(%err, "refused a connection without peer credentials: {err}");
+                        tokio::spawn(refuse_peer(stream, self.uid, None));
+                    }
                 },
                 Err(err) => {
-                    warn!(%err, "accept failed");
+                    warn!(%err, "accept failed: {err}");
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 }
             }
@@ -431,8 +486,8 @@ pub async fn serve<P: Podman + Clone + 'static>(
     state: ApiState<P>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // Requests may stay open for long (`berth logs -f`): once asked to stop, give them a few
-    // seconds and then stop anyway.
+    // Requests may stay open for long (`berth logs -f`, event streams): once asked to stop,
+    // give them a few seconds and then stop anyway.
     let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(SameUserListener::new(listener), router(state))
         .with_graceful_shutdown(async move {
@@ -458,3 +513,35 @@ pub async fn serve<P: Podman + Clone + 'static>(
 
 /// How long open API requests may take to finish once the daemon stops.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn another_users_connection_is_told_why_it_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("api.sock");
+        let me = crate::sys::uid();
+        // As if this socket belonged to the next uid: we are "another user" to it.
+        let listener = SameUserListener::for_uid(bind(&path).await.expect("bind"), me + 1);
+        let server = tokio::spawn(async move {
+            axum::serve(
+                listener,
+                Router::new().route("/v1/daemon", get(|| async { "{}" })),
+            )
+            .await
+        });
+        let e = berth_client::Client::new(&path)
+            .daemon()
+            .await
+            .expect_err("refused");
+        assert_eq!(e.code(), Some(ErrorCode::Forbidden), "{e:?}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!("serves uid {}; uid {me} may not use it", me + 1)),
+            "{msg}"
+        );
+        server.abort();
+    }
+}

@@ -9,11 +9,11 @@ use std::time::Duration;
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
+use berth_client::{Client, PullEnd};
+use berth_proto::{DaemonInfo, PassReport, ServiceStatus, State, Verb};
+
 use crate::catalog::{self, Layers};
-use crate::client::Client;
-use crate::paths::Paths;
-use crate::plan::Plan;
-use crate::status::{DaemonInfo, PassReport, ServiceStatus, State};
+use crate::clock::{format_age, format_unix, now_unix, parse_rfc3339};
 use crate::units;
 
 #[derive(Debug, Parser)]
@@ -147,8 +147,7 @@ pub enum CatalogCmd {
 }
 
 fn client() -> Result<Client> {
-    let paths = Paths::from_env()?;
-    Ok(Client::new(&paths.socket()))
+    Ok(Client::from_env()?)
 }
 
 /// Rejects names that could not be services before they reach a URL.
@@ -174,7 +173,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                     _ = tokio::signal::ctrl_c() => {}
                 }
             };
-            crate::daemon::run(shutdown).await.context("berth daemon")
+            crate::daemon::start(shutdown).await.context("berth daemon")
         }
         Cmd::Ls { json } => ls(json).await,
         Cmd::Status { name, json } => status(&name, json).await,
@@ -191,27 +190,32 @@ pub async fn run(cli: Cli) -> Result<()> {
             } else {
                 pull(&name, true).await
             };
-            let enabled = act(&name, "enable", settle).await;
-            pulled.and(enabled)
+            // A failed pull leaves the service failed (pull) with the reason on display; the
+            // enable says so once, through the daemon's word on the service.
+            let enabled = act(&name, Verb::Enable, settle).await;
+            match (pulled, enabled) {
+                (_, Err(e)) => Err(e),
+                (Err(e), Ok(())) => Err(e),
+                (Ok(()), Ok(())) => Ok(()),
+            }
         }
-        Cmd::Disable { name } => act(&name, "disable", NO_SETTLE).await,
-        Cmd::Start { name, settle } => act(&name, "start", settle).await,
-        Cmd::Stop { name } => act(&name, "stop", NO_SETTLE).await,
-        Cmd::Restart { name, settle } => act(&name, "restart", settle).await,
+        Cmd::Disable { name } => act(&name, Verb::Disable, NO_SETTLE).await,
+        Cmd::Start { name, settle } => act(&name, Verb::Start, settle).await,
+        Cmd::Stop { name } => act(&name, Verb::Stop, NO_SETTLE).await,
+        Cmd::Restart { name, settle } => act(&name, Verb::Restart, settle).await,
         Cmd::Logs { name, follow, tail } => {
             check_name(&name)?;
-            let c = client()?;
-            let path = format!("/v1/services/{name}/logs?follow={follow}&tail={tail}");
             let mut out = std::io::stdout().lock();
-            c.lines(hyper::Method::GET, &path, |l| {
-                let _stdout_closed = writeln!(out, "{l}").and_then(|_| out.flush());
-            })
-            .await?;
+            client()?
+                .logs(&name, follow, tail, |l| {
+                    let _stdout_closed = writeln!(out, "{l}").and_then(|_| out.flush());
+                })
+                .await?;
             Ok(())
         }
         Cmd::Pull { name } => pull(&name, false).await,
         Cmd::Plan { json } => {
-            let p: Plan = client()?.get("/v1/plan").await?;
+            let p = client()?.plan().await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&p)?);
             } else {
@@ -220,7 +224,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Reconcile { json } => {
-            let r: PassReport = client()?.post("/v1/reconcile").await?;
+            let r = client()?.reconcile().await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
@@ -232,12 +236,12 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Reload => {
-            let r: crate::api::ReloadAnswer = client()?.post("/v1/catalog/reload").await?;
+            let r = client()?.reload().await?;
             println!("catalog reloaded: {} services", r.services);
             Ok(())
         }
         Cmd::Info { json } => {
-            let i: DaemonInfo = client()?.get("/v1/daemon").await?;
+            let i = client()?.daemon().await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&i)?);
             } else {
@@ -246,9 +250,18 @@ pub async fn run(cli: Cli) -> Result<()> {
                     "podman {}",
                     i.podman_version.as_deref().unwrap_or("unreachable")
                 );
-                println!("catalog: {} services", i.catalog_services);
+                if let Some(e) = &i.podman_error {
+                    println!("podman error: {e}");
+                }
+                println!(
+                    "catalog: {} services (serial {})",
+                    i.catalog_services, i.catalog_serial
+                );
                 if let Some(e) = &i.catalog_error {
-                    println!("catalog error (last good catalog in force):\n{e}");
+                    println!("catalog error: {e}");
+                    if let Some(f) = &i.catalog_in_force {
+                        println!("in force meanwhile: {f}");
+                    }
                 }
                 let c = &i.counters;
                 println!(
@@ -286,39 +299,30 @@ fn print_report(r: &PassReport) {
 
 async fn pull(name: &str, quiet_when_present: bool) -> Result<()> {
     check_name(name)?;
-    let c = client()?;
     let mut err = std::io::stderr().lock();
-    let last = c
-        .lines(
-            hyper::Method::POST,
-            &format!("/v1/services/{name}/pull"),
-            |l| {
-                if !(quiet_when_present && l.ends_with(": present"))
-                    && l != "ok"
-                    && !l.starts_with("error: ")
-                {
-                    let _stderr_closed = writeln!(err, "{l}");
-                }
-            },
-        )
+    let end = client()?
+        .pull(name, |l| {
+            if !(quiet_when_present && l.ends_with(": present")) {
+                let _stderr_closed = writeln!(err, "{l}");
+            }
+        })
         .await?;
-    match last.as_deref() {
-        Some("ok") => Ok(()),
-        Some(l) if l.starts_with("error: ") => bail!("pull failed: {}", &l[7..]),
-        _ => bail!("pull ended without a result (daemon stopped?)"),
+    match end {
+        PullEnd::Done => Ok(()),
+        PullEnd::Failed(e) => bail!("{e}"),
     }
 }
 
 const NO_SETTLE: Settle = Settle { secs: 0 };
 
-async fn act(name: &str, verb: &str, settle: Settle) -> Result<()> {
+async fn act(name: &str, verb: Verb, settle: Settle) -> Result<()> {
     check_name(name)?;
     let c = client()?;
-    let r: PassReport = c.post(&format!("/v1/services/{name}/{verb}")).await?;
+    let r: PassReport = c.act(name, verb).await?;
     for a in &r.applied {
         println!("  {a}");
     }
-    let mut st: ServiceStatus = c.get(&format!("/v1/services/{name}")).await?;
+    let mut st = c.service(name).await?;
     if settle.secs > 0 && matches!(st.state, State::Running | State::Starting) {
         st = watch_settle(&c, name, st, Duration::from_secs(settle.secs)).await?;
     }
@@ -327,17 +331,22 @@ async fn act(name: &str, verb: &str, settle: Settle) -> Result<()> {
         bail!("{errors}");
     }
     let ok = match verb {
-        "disable" => matches!(st.state, State::Off | State::Stopping),
-        "stop" => matches!(st.state, State::Stopped | State::Stopping),
+        Verb::Disable => matches!(st.state, State::Off | State::Stopping),
+        Verb::Stop => matches!(st.state, State::Stopped | State::Stopping),
         // An on-demand service is ready when idle: it starts at its first connection.
-        _ => matches!(
+        Verb::Enable | Verb::Start | Verb::Restart => matches!(
             st.state,
             State::Running | State::Starting | State::Unhealthy | State::Idle
         ),
     };
     if !ok {
+        let hint = st
+            .hint
+            .as_deref()
+            .map(|h| format!("; to retry: {h}"))
+            .unwrap_or_default();
         bail!(
-            "{name} is {}{}",
+            "{name} is {}{}{hint}",
             st.state.as_str(),
             st.reason
                 .as_deref()
@@ -361,17 +370,14 @@ async fn watch_settle(
     let restarts = st.restarts;
     while tokio::time::Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        st = c.get(&format!("/v1/services/{name}")).await?;
+        st = c.service(name).await?;
         let crashed = st.restarts > restarts
             || st.state == State::Failed
             || st.unit_state.ends_with("/auto-restart");
         if crashed {
             print_one_line(&st);
             let mut lines = Vec::new();
-            let path = format!("/v1/services/{name}/logs?follow=false&tail=10");
-            let _logs_are_a_hint = c
-                .lines(hyper::Method::GET, &path, |l| lines.push(l.to_string()))
-                .await;
+            let _logs_are_a_hint = c.logs(name, false, 10, |l| lines.push(l.to_string())).await;
             if !lines.is_empty() {
                 eprintln!("last log lines of {name}:\n  {}", lines.join("\n  "));
             }
@@ -400,25 +406,21 @@ fn print_one_line(st: &ServiceStatus) {
     if let Some(r) = &st.reason {
         line.push_str(&format!(" ({r})"));
     }
+    if let Some(h) = &st.hint {
+        line.push_str(&format!("; to retry: {h}"));
+    }
     println!("{line}");
 }
 
 async fn ls(json: bool) -> Result<()> {
     let c = client()?;
-    let list: Vec<ServiceStatus> = c.get("/v1/services").await?;
+    let list = c.services().await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(());
     }
-    let info: DaemonInfo = c.get("/v1/daemon").await?;
-    if let Some(e) = &info.catalog_error {
-        eprintln!(
-            "warning: the newest catalog is broken; the last good one stays in force:\n{e}\n"
-        );
-    }
-    if let Some(e) = &info.podman_error {
-        eprintln!("warning: {e}; services keep running, container details may be old\n");
-    }
+    let info = c.daemon().await?;
+    warn_about(&info);
     println!(
         "{:<14} {:<9} {:<10} {:<22} REASON",
         "NAME", "CHOICE", "STATE", "PORTS"
@@ -428,7 +430,7 @@ async fn ls(json: bool) -> Result<()> {
         println!(
             "{:<14} {:<9} {:<10} {:<22} {}",
             s.name,
-            s.choice,
+            s.choice.as_str(),
             s.state.as_str(),
             ports.join(","),
             s.reason.unwrap_or_default()
@@ -437,37 +439,90 @@ async fn ls(json: bool) -> Result<()> {
     Ok(())
 }
 
+/// What is wrong with the daemon's catalog or Podman, on stderr before a listing.
+fn warn_about(info: &DaemonInfo) {
+    if let Some(e) = &info.catalog_error {
+        let in_force = info
+            .catalog_in_force
+            .as_deref()
+            .unwrap_or("the catalog in force before");
+        eprintln!("warning: {e}\nin force meanwhile: {in_force}\n");
+    }
+    if let Some(e) = &info.podman_error {
+        eprintln!("warning: {e}; services keep running, container details may be old\n");
+    }
+}
+
+/// `2026-12-01 20:43:10 UTC (5 min ago)`.
+fn when(unix: u64) -> String {
+    format!(
+        "{} ({} ago)",
+        format_unix(unix),
+        format_age(now_unix().saturating_sub(unix))
+    )
+}
+
 async fn status(name: &str, json: bool) -> Result<()> {
     check_name(name)?;
-    let st: ServiceStatus = client()?.get(&format!("/v1/services/{name}")).await?;
+    let st: ServiceStatus = client()?.service(name).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&st)?);
         return Ok(());
     }
     println!("{} — {}", st.name, st.description);
     println!("  choice:  {}", st.choice);
-    println!("  state:   {}", st.state.as_str());
+    match st.since {
+        Some(t) => println!("  state:   {} since {}", st.state.as_str(), when(t)),
+        None => println!("  state:   {}", st.state.as_str()),
+    }
     if let Some(r) = &st.reason {
         println!("  reason:  {r}");
     }
-    println!("  unit:    {} ({})", st.unit, st.unit_state);
+    if let Some(h) = &st.hint {
+        println!("  retry:   {h}");
+    }
+    let unit_state = if st.unit_state == "absent" {
+        "not loaded: stopped, or never started".to_string()
+    } else {
+        st.unit_state.clone()
+    };
+    println!("  unit:    {} ({unit_state})", st.unit);
+    if st.restarts > 0 {
+        println!("  restarts by systemd: {}", st.restarts);
+    }
     for p in &st.ports {
         println!("  port:    {} {}", p.name, p.url);
     }
     for c in &st.containers {
+        let state = if c.state == "absent" {
+            "not there"
+        } else {
+            c.state.as_str()
+        };
+        let since = c
+            .started_at
+            .as_deref()
+            .map(|t| match parse_rfc3339(t) {
+                Some(u) => format!(", started {}", when(u)),
+                None => format!(", started {t}"),
+            })
+            .unwrap_or_default();
         println!(
-            "  container {}: {}{}{}  [{}]",
+            "  container {}: {state}{}{since}  [{}]",
             c.name,
-            c.state,
             c.health
                 .as_deref()
                 .map(|h| format!(", {h}"))
                 .unwrap_or_default(),
-            c.started_at
-                .as_deref()
-                .map(|t| format!(", since {t}"))
-                .unwrap_or_default(),
             c.image
+        );
+    }
+    if let Some(p) = &st.probe {
+        println!(
+            "  probe:   {} ({}, {})",
+            if p.ok { "ok" } else { "failing" },
+            p.detail,
+            when(p.at)
         );
     }
     Ok(())

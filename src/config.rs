@@ -103,14 +103,10 @@ impl Config {
     }
 
     pub fn parse(src: &Source) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(&src.text).map_err(|e| {
-            ConfigError::Invalid(vec![src.diagnostic(
-                e.span(),
-                String::new(),
-                e.message().trim().to_string(),
-            )])
-        })?;
         let mut diags = Vec::new();
+        let Some(raw) = crate::catalog::parse::<RawConfig>(src, &mut diags) else {
+            return Err(ConfigError::Invalid(diags));
+        };
         let mut cfg = Config::default();
         if let Some(m) = raw.metrics {
             if let Some(l) = &m.listen {

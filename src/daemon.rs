@@ -1,17 +1,31 @@
-//! `berth daemon`: wires the real edges (systemd, Podman, unit directory) to the engine and
-//! serves the API until SIGTERM or SIGINT.
+//! `berth daemon`: [`start`] binds the listeners and connects the real edges (systemd, Podman,
+//! the filesystem), then hands over to [`run`], which runs the engine and everything around it
+//! until `shutdown` and joins every task before it returns.
+//!
+//! [`run`] takes its edges and listeners as arguments (the mini-redis `run(listener,
+//! shutdown)` shape), so tests run a whole daemon against in-memory edges on a socket of their
+//! own.
 
+use std::os::fd::OwnedFd;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
+use tokio::net::{TcpListener, UnixListener};
+use tokio::task::JoinSet;
 use tracing::{info, warn};
+use zbus_systemd::zbus;
 
 use crate::api::{self, ApiState};
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::engine::{self, Edges, Engine};
+use crate::files::{DiskFiles, Files};
+use crate::metrics;
 use crate::paths::{Paths, PathsError};
-use crate::podman::PodmanClient;
-use crate::reconcile::{Command, Engine};
+use crate::podman::{Podman, PodmanClient};
 use crate::state::StateError;
-use crate::systemd::{self, SystemdError, UserManager};
-use crate::unitdir::UnitDir;
+use crate::systemd::{self, Systemd, SystemdError, UserManager};
 use crate::units::RenderCtx;
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +44,8 @@ pub enum DaemonError {
     Serve(#[source] std::io::Error),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
     #[error("another berth daemon already manages this user's units (lock {} is held)", .0.display())]
     Locked(std::path::PathBuf),
     #[error("cannot take the daemon lock {}", path.display())]
@@ -88,14 +104,37 @@ pub fn detect_render_ctx() -> RenderCtx {
     }
 }
 
-pub async fn run(
+/// What the daemon listens on, bound before it runs.
+#[derive(Debug)]
+pub struct Listeners {
+    pub api: UnixListener,
+    /// `[metrics] listen`, with who may read it.
+    pub metrics: Option<(TcpListener, metrics::Access)>,
+    /// Stable-port sockets systemd kept for us across a restart (fd store names).
+    pub ports: Vec<(String, OwnedFd)>,
+}
+
+/// What the daemon is told, beyond its edges.
+#[derive(Debug)]
+pub struct Settings {
+    pub config: Config,
+    pub paths: Paths,
+    pub ctx: RenderCtx,
+    /// The session bus for desktop notifications; `None` keeps them off.
+    pub notifications: Option<zbus::Connection>,
+    /// Tell systemd about readiness and stopping (`NOTIFY_SOCKET`).
+    pub sd_notify: bool,
+}
+
+/// The real daemon: binds, connects and runs until `shutdown`.
+pub async fn start(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
     // First, before anything else runs: sockets systemd kept for us across a restart.
-    let inherited = crate::sys::take_listen_fds();
+    let ports = crate::sys::take_listen_fds();
     let paths = Paths::from_env()?;
     // A broken config.toml stops the daemon with its location; services keep running.
-    let config = crate::config::Config::load(&paths.etc().join("config.toml"))?;
+    let config = Config::load(&paths.etc().join("config.toml"))?;
     let _lock = take_lock(&paths)?;
     match crate::sys::raise_nofile(65536) {
         Ok(n) => tracing::debug!(limit = n, "open files limit"),
@@ -104,97 +143,352 @@ pub async fn run(
     let socket = PodmanClient::default_socket().ok_or(DaemonError::NoPodman)?;
     let podman = PodmanClient::new(socket);
     let systemd = UserManager::connect().await?;
-    let conn = systemd.connection().clone();
-    let notify_conn = conn.clone();
-    let units = UnitDir::new(paths.unit_dir.clone());
-    let listener = api::bind(&paths.socket()).await?;
     let mut ctx = detect_render_ctx();
-    {
-        use crate::systemd::Systemd as _;
-        ctx.systemd_version = systemd
-            .version()
-            .await
-            .map_or(0, |v| systemd::major_version(&v));
+    ctx.systemd_version = systemd
+        .version()
+        .await
+        .map_or(0, |v| systemd::major_version(&v));
+    let notifications = config.notifications.then(|| systemd.connection().clone());
+    let api = api::bind(&paths.socket()).await?;
+    let metrics = match config.metrics.listen {
+        Some(addr) => {
+            let access =
+                metrics::Access::for_listen(addr, config.metrics.bearer_token_file.clone())?;
+            Some((metrics::bind(addr).await?, access))
+        }
+        None => None,
+    };
+    tracing::debug!(?config, "admin configuration");
+    let edges = Edges {
+        systemd,
+        podman,
+        files: DiskFiles,
+        clock: SystemClock,
+    };
+    run(
+        edges,
+        Settings {
+            config,
+            paths,
+            ctx,
+            notifications,
+            sd_notify: true,
+        },
+        Listeners {
+            api,
+            metrics,
+            ports,
+        },
+        shutdown,
+    )
+    .await
+}
+
+/// Runs the engine, the proxy, the API and the health consumers until `shutdown`, then stops
+/// them in order (API first, open connections drained, a last push report) and joins every
+/// task.
+pub async fn run<S, P, F, C>(
+    edges: Edges<S, P, F, C>,
+    settings: Settings,
+    listeners: Listeners,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), DaemonError>
+where
+    S: Systemd + Clone + 'static,
+    P: Podman + Clone + 'static,
+    F: Files + Clone,
+    C: Clock,
+{
+    let Settings {
+        config,
+        paths,
+        ctx,
+        notifications,
+        sd_notify,
+    } = settings;
+    let systemd = edges.systemd.clone();
+    let podman = edges.podman.clone();
+    let (engine, handle) = Engine::new(edges, paths.clone(), ctx).await?;
+    let mut tasks = JoinSet::new();
+    // Consumers subscribe before the engine runs, so they see its first transitions.
+    tasks.spawn(crate::journal::run(handle.events()));
+    if let Some(conn) = notifications {
+        tasks.spawn(crate::notify::run(
+            conn,
+            handle.events(),
+            handle.snapshots(),
+        ));
     }
-    let (engine, handle, rx) = Engine::new(systemd, podman.clone(), units, paths.clone(), ctx)?;
-    let engine_task = tokio::spawn(engine.run(rx));
-    let proxy_task = tokio::spawn(crate::proxy::ports::run(
+    tasks.spawn(engine.run());
+    tasks.spawn(crate::proxy::ports::run(
         handle.port_specs(),
-        inherited,
+        listeners.ports,
         podman.clone(),
         handle.clone(),
         handle.proxy(),
     ));
-
-    // Unit state changes trigger a (debounced) pass.
-    let watcher = handle.clone();
-    tokio::spawn(async move {
-        if let Err(err) = systemd::watch_units(conn, move || watcher.units_changed()).await {
-            warn!(%err, "cannot watch unit changes; relying on the safety timer");
+    let changed = handle.units_changed_notify();
+    tasks.spawn(async move {
+        if let Err(err) = systemd.watch_units(changed).await {
+            warn!(%err, "cannot watch unit changes ({err}); relying on the safety timer");
         }
     });
 
-    // Health consumers read the engine's snapshots (`handle.snapshots()`); each runs as its
-    // own task and never blocks the engine.
-    crate::metrics::register_proxy(handle.proxy());
-    if let Some(addr) = config.metrics.listen {
-        let token_file = config.metrics.bearer_token_file.clone();
-        crate::metrics::spawn_tcp(addr, token_file, handle.snapshots());
-    }
-    // [push] cloud health reports. Kept until the daemon ends; its counters go to /metrics.
+    // [push] cloud health reports; its counters go to /metrics.
     let push = config.push.as_ref().and_then(|p| {
-        match crate::push::spawn(crate::push::Settings::new(p, &paths), handle.snapshots()) {
-            Ok(pusher) => {
-                crate::metrics::register_push(pusher.stats());
-                Some(pusher)
-            }
+        match crate::push::spawn(
+            crate::push::Settings::new(p, &paths),
+            handle.snapshots(),
+            handle.events(),
+        ) {
+            Ok(pusher) => Some(pusher),
             Err(err) => {
-                let cause = crate::reconcile::source_chain(&err);
-                warn!(%err, %cause, "cloud health push is off");
+                let msg = engine::full_message(&err);
+                warn!(err = %msg, "cloud health push is off: {msg}");
                 None
             }
         }
     });
-    if config.notifications {
-        tokio::spawn(crate::notify::run(notify_conn, handle.snapshots()));
+    let sources = metrics::Sources {
+        snapshots: handle.snapshots(),
+        proxy: handle.proxy(),
+        push: push.as_ref().map(|p| p.stats()),
+    };
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    if let Some((listener, access)) = listeners.metrics {
+        let mut stop = stopping.clone();
+        tasks.spawn(metrics::serve_logged(
+            listener,
+            access,
+            sources.clone(),
+            async move {
+                let _either_way = stop.wait_for(|s| *s).await;
+            },
+        ));
     }
-    tracing::debug!(?config, "admin configuration");
 
-    let first = handle
-        .ask(|reply| Command::Reconcile { reply: Some(reply) })
-        .await;
-    match first {
+    match handle.reconcile().await {
         Ok(r) => info!(
             applied = r.applied.len(),
             errors = r.errors.len(),
-            "first pass done"
+            "first pass done: {} applied, {} errors",
+            r.applied.len(),
+            r.errors.len()
         ),
-        Err(err) => warn!(%err, "first pass did not run"),
+        Err(err) => warn!(%err, "first pass did not run: {err}"),
     }
-    if let Err(err) = crate::sys::sd_notify("READY=1") {
-        warn!(%err, "cannot notify systemd");
+    if sd_notify {
+        if let Err(err) = crate::sys::sd_notify("READY=1") {
+            warn!(%err, "cannot notify systemd: {err}");
+        }
     }
     info!(socket = %paths.socket().display(), "berth daemon ready");
+    let proxy = handle.proxy();
     let state = ApiState {
         engine: handle,
         podman,
         paths: paths.clone(),
+        metrics: Arc::new(sources),
+        stopping: stopping.clone(),
     };
-    let proxy = state.engine.proxy();
-    let served = api::serve(listener, state, shutdown).await;
+    let mut api_stop = stopping.clone();
+    let served = api::serve(listeners.api, state, async move {
+        tokio::select! {
+            () = shutdown => {}
+            _ = api_stop.wait_for(|s| *s) => {}
+        }
+    })
+    .await;
+    stopping_tx.send_replace(true);
     // Open connections get time to finish while the cloud hears that berth stops.
     let last_report = async {
         if let Some(p) = push {
-            p.shutdown(std::time::Duration::from_secs(3)).await;
+            p.shutdown(Duration::from_secs(3)).await;
         }
     };
     tokio::join!(
-        crate::proxy::ports::drain(&proxy, std::time::Duration::from_secs(5)),
+        crate::proxy::ports::drain(&proxy, Duration::from_secs(5)),
         last_report
     );
-    let _stopping_notice_is_best_effort = crate::sys::sd_notify("STOPPING=1");
+    if sd_notify {
+        let _stopping_notice_is_best_effort = crate::sys::sd_notify("STOPPING=1");
+    }
     let _socket_may_be_gone = std::fs::remove_file(paths.socket());
-    engine_task.abort();
-    proxy_task.abort();
+    // The engine ends when the last handle is gone; the rest are stopped here. Every task is
+    // joined before the daemon returns.
+    tasks.abort_all();
+    while let Some(done) = tasks.join_next().await {
+        if let Err(e) = done {
+            if e.is_panic() {
+                warn!("a daemon task panicked: {e}");
+            }
+        }
+    }
     served.map_err(DaemonError::Serve)
+}
+
+#[cfg(test)]
+mod tests {
+    //! A whole daemon — engine, proxy, API, health consumers — against in-memory edges, on an
+    //! API socket of the test's own, driven through the client crate the CLI uses.
+
+    use super::*;
+    use crate::testkit::{ManualClock, MemFiles, MemPodman, MemSystemd};
+    use berth_client::{Client, ClientError};
+    use berth_proto::{ErrorCode, Event, State, Verb};
+    use std::path::PathBuf;
+
+    struct Daemon {
+        client: Client,
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        task: tokio::task::JoinHandle<Result<(), DaemonError>>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Daemon {
+        async fn start(catalog: &[(&str, &str)]) -> Daemon {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let etc = dir.path().join("etc");
+            std::fs::create_dir_all(etc.join("catalog.d")).expect("catalog.d");
+            for (file, text) in catalog {
+                std::fs::write(etc.join("catalog.d").join(file), text).expect("catalog file");
+            }
+            let home = PathBuf::from("/home/u");
+            let paths = Paths {
+                state_dir: home.join(".local/state/berth"),
+                unit_dir: home.join(".local/share/systemd/user"),
+                runtime_dir: dir.path().join("run"),
+                etc_dir: etc,
+                home,
+            };
+            let files = MemFiles::new();
+            let systemd = MemSystemd::new(&files, &paths.unit_dir);
+            let podman = MemPodman::new(&systemd);
+            podman.add_images(["localhost/berth-demo:1"]);
+            let socket = paths.runtime_dir.join("api.sock");
+            let api = api::bind(&socket).await.expect("bind");
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(run(
+                Edges {
+                    systemd,
+                    podman,
+                    files,
+                    clock: ManualClock::at(1_800_000_000),
+                },
+                Settings {
+                    config: Config::default(),
+                    paths,
+                    ctx: RenderCtx::default(),
+                    notifications: None,
+                    sd_notify: false,
+                },
+                Listeners {
+                    api,
+                    metrics: None,
+                    ports: Vec::new(),
+                },
+                async move {
+                    let _either_way = stopped.await;
+                },
+            ));
+            let client = Client::new(&socket);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while client.daemon().await.is_err() {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the daemon never answered"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Daemon {
+                client,
+                stop: Some(stop),
+                task,
+                _dir: dir,
+            }
+        }
+
+        /// Stops it as SIGTERM would and waits until every task is joined.
+        async fn stop(mut self) {
+            if let Some(s) = self.stop.take() {
+                let _daemon_may_be_gone = s.send(());
+            }
+            let ended = tokio::time::timeout(Duration::from_secs(10), &mut self.task).await;
+            ended
+                .expect("the daemon stopped within 10 s")
+                .expect("joined")
+                .expect("ran without error");
+        }
+    }
+
+    const WEB: &str = r#"name = "it-web"
+description = "a page"
+[[containers]]
+name = "web"
+image = "localhost/berth-demo:1"
+[[containers.ports]]
+name = "http"
+host = 19391
+container = 8080
+"#;
+
+    #[tokio::test]
+    async fn unknown_paths_actions_and_services_answer_json_errors() {
+        let d = Daemon::start(&[]).await;
+        let e = d
+            .client
+            .get::<serde_json::Value>("/v1/nope")
+            .await
+            .expect_err("no such path");
+        assert!(
+            matches!(&e, ClientError::Api { code: ErrorCode::NotFound, message } if message == "no such API path: /v1/nope"),
+            "{e:?}"
+        );
+        let e = d
+            .client
+            .post::<serde_json::Value>("/v1/services/demo/explode")
+            .await
+            .expect_err("no such action");
+        assert_eq!(e.code(), Some(ErrorCode::NotFound), "{e:?}");
+        assert!(e.to_string().contains("unknown action \"explode\""), "{e}");
+        let e = d.client.service("nosuch").await.expect_err("unknown");
+        assert_eq!(e.code(), Some(ErrorCode::UnknownService), "{e:?}");
+        let e = d
+            .client
+            .act("demo", Verb::Stop)
+            .await
+            .expect_err("not enabled");
+        assert_eq!(e.code(), Some(ErrorCode::NotEnabled), "{e:?}");
+        d.stop().await;
+    }
+
+    #[tokio::test]
+    async fn the_event_stream_starts_with_a_snapshot_and_follows_a_service_up() {
+        let d = Daemon::start(&[("it-web.toml", WEB)]).await;
+        let mut events = d.client.events().await.expect("events");
+        match events.next().await {
+            Some(Ok(Event::Snapshot { services, .. })) => {
+                assert!(services
+                    .iter()
+                    .any(|s| s.name == "it-web" && s.state == State::Off));
+            }
+            other => panic!("first event: {other:?}"),
+        }
+        d.client.act("it-web", Verb::Enable).await.expect("enable");
+        let running = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(e) = events.next().await {
+                if let Ok(Event::Service { status, .. }) = e {
+                    if status.name == "it-web" && status.state == State::Running {
+                        return true;
+                    }
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(running, Ok(true), "no running event for it-web");
+        // An open stream does not hold up the daemon's stop, and it ends with it.
+        d.stop().await;
+        assert!(events.next().await.is_none(), "the stream ended");
+    }
 }

@@ -107,6 +107,45 @@ pub fn failure_reason(svc: &Service, ctr: &Container, exec_main_status: i32) -> 
     ))
 }
 
+/// A pod member's unit as the engine gathered it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub container: String,
+    /// systemd's `ActiveState` of the member's unit; `inactive` when systemd has not loaded it.
+    pub active: String,
+    /// `ExecMainStatus`, read only when the unit is `failed` (0 otherwise).
+    pub exec_main_status: i32,
+}
+
+/// What the members of a pod whose main unit runs say about the service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// A member's unit failed: its health gate timed out, or it crashed past its restarts.
+    Failed(String),
+    /// A member is not up yet (waiting for its gate, or starting).
+    Starting(String),
+}
+
+/// The first failed member decides, else the first member that is not active yet; `None`
+/// when every member is active or the service is not a pod. Pure; for the engine's view.
+pub fn verdict(svc: &Service, members: &[Member]) -> Option<Verdict> {
+    if !svc.is_pod() {
+        return None;
+    }
+    let ctr = |m: &Member| svc.containers.iter().find(|c| c.name == m.container);
+    if let Some((m, c)) = members
+        .iter()
+        .filter(|m| m.active == "failed")
+        .find_map(|m| ctr(m).map(|c| (m, c)))
+    {
+        return Some(Verdict::Failed(member_failed(svc, c, m.exec_main_status)));
+    }
+    members
+        .iter()
+        .find(|m| m.active != "active")
+        .map(|m| Verdict::Starting(format!("{} is starting", m.container)))
+}
+
 /// The reason of a pod whose member unit `ctr` is `failed` while the pod itself runs: the
 /// gate's reason, or the member's exit status. For the engine's status view.
 pub fn member_failed(svc: &Service, ctr: &Container, exec_main_status: i32) -> String {
@@ -186,6 +225,60 @@ image = "localhost/cache:1"
         assert_eq!(
             member_failed(&s, web, 3),
             "container web failed (exit status 3); berth start retries"
+        );
+    }
+
+    #[test]
+    fn members_decide_a_running_pod_failed_or_still_starting() {
+        let s = svc(POD);
+        let m = |c: &str, a: &str, code: i32| Member {
+            container: c.into(),
+            active: a.into(),
+            exec_main_status: code,
+        };
+        let all_up = [
+            m("db", "active", 0),
+            m("cache", "active", 0),
+            m("web", "active", 0),
+        ];
+        assert_eq!(verdict(&s, &all_up), None);
+        assert_eq!(
+            verdict(
+                &s,
+                &[
+                    m("db", "active", 0),
+                    m("cache", "active", 0),
+                    m("web", "activating", 0)
+                ]
+            ),
+            Some(Verdict::Starting("web is starting".into()))
+        );
+        assert_eq!(
+            verdict(
+                &s,
+                &[
+                    m("db", "activating", 0),
+                    m("cache", "active", 0),
+                    m("web", "failed", GATE_EXIT_BASE)
+                ]
+            ),
+            Some(Verdict::Failed(
+                "db never became healthy within 2m; web was not started".into()
+            )),
+            "a failure outranks a member still starting"
+        );
+        assert_eq!(
+            verdict(
+                &s,
+                &[
+                    m("db", "failed", 1),
+                    m("cache", "active", 0),
+                    m("web", "active", 0)
+                ]
+            ),
+            Some(Verdict::Failed(
+                "container db failed (exit status 1); berth start retries".into()
+            ))
         );
     }
 

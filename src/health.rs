@@ -10,12 +10,12 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::catalog::Probe;
 use crate::state::Choice;
-use crate::status::{ContainerStatus, ProbeStatus, State};
 use crate::systemd::UnitState;
+use berth_proto::{ContainerStatus, ProbeStatus, State};
 
 /// Runs one probe against `addr` (the container's published port: probing the stable port
-/// would count as use of an on-demand service and keep it awake).
-pub async fn probe(p: &Probe, addr: std::net::SocketAddr) -> ProbeStatus {
+/// would count as use of an on-demand service and keep it awake); `at` is when it started.
+pub async fn probe(p: &Probe, addr: std::net::SocketAddr, at: u64) -> ProbeStatus {
     let started = Instant::now();
     let result = tokio::time::timeout(p.timeout, probe_inner(p, addr)).await;
     let (ok, detail) = match result {
@@ -30,7 +30,7 @@ pub async fn probe(p: &Probe, addr: std::net::SocketAddr) -> ProbeStatus {
         ok,
         seconds: started.elapsed().as_secs_f64(),
         detail,
-        at: crate::status::now_unix(),
+        at,
     }
 }
 
@@ -73,17 +73,15 @@ async fn probe_inner(p: &Probe, addr: std::net::SocketAddr) -> Result<String, St
     }
 }
 
-/// The last `n` message lines of a Podman k8s-file log (`<time> <stream> <F|P> <text>`).
-pub fn log_tail(path: &Path, n: usize) -> Vec<String> {
-    let Ok(text) = std::fs::read(path) else {
-        return Vec::new();
-    };
-    // Only the end matters; a log may be megabytes.
-    let start = text.len().saturating_sub(16 * 1024);
-    let text = String::from_utf8_lossy(&text[start..]);
+/// The last `n` message lines of the end of a Podman k8s-file log
+/// (`<time> <stream> <F|P> <text>` per line). `tail` may start in the middle of a line: a
+/// first line without the line before it is dropped unless `tail` is the whole file.
+pub fn log_lines(tail: &[u8], n: usize) -> Vec<String> {
+    let text = String::from_utf8_lossy(tail);
+    let cut = tail.len() >= LOG_TAIL_MAX && !text.is_empty();
     let lines: Vec<String> = text
         .lines()
-        .skip(usize::from(start > 0))
+        .skip(usize::from(cut))
         .map(|l| {
             let mut parts = l.splitn(4, ' ');
             let (_t, _s, _f, msg) = (parts.next(), parts.next(), parts.next(), parts.next());
@@ -92,6 +90,17 @@ pub fn log_tail(path: &Path, n: usize) -> Vec<String> {
         .filter(|l| !l.trim().is_empty())
         .collect();
     lines[lines.len().saturating_sub(n)..].to_vec()
+}
+
+/// How much of the end of a log is read for [`log_lines`] (callers read at most this much).
+pub const LOG_TAIL_MAX: usize = 16 * 1024;
+
+/// The last `n` message lines of the log file at `path` (empty when it cannot be read).
+/// Blocking: call it on the blocking pool.
+pub fn log_tail(path: &Path, n: usize) -> Vec<String> {
+    crate::files::read_tail(path, LOG_TAIL_MAX as u64)
+        .map(|t| log_lines(&t, n))
+        .unwrap_or_default()
 }
 
 /// Inputs of one service's state, gathered by the engine.
@@ -298,6 +307,17 @@ mod tests {
         assert!(log_tail(&d.path().join("none"), 3).is_empty());
     }
 
+    #[test]
+    fn log_lines_of_a_cut_tail_drop_the_partial_first_line() {
+        let line = b"2026-01-01T00:00:01Z stdout F last one\n";
+        let mut big = vec![b'x'; LOG_TAIL_MAX - line.len() - 1];
+        big.push(b'\n');
+        big.extend_from_slice(line);
+        assert_eq!(big.len(), LOG_TAIL_MAX);
+        assert_eq!(log_lines(&big, 5), ["last one"]);
+        assert_eq!(log_lines(b"t s F only\n", 5), ["only"]);
+    }
+
     #[tokio::test]
     async fn probes_against_a_real_socket() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -321,10 +341,11 @@ mod tests {
             timeout: Duration::from_secs(2),
         };
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        let ok = probe(&p, addr).await;
+        let ok = probe(&p, addr, 7).await;
+        assert_eq!(ok.at, 7);
         assert!(ok.ok, "{ok:?}");
         assert_eq!(ok.detail, "HTTP 200");
-        let bad = probe(&p, addr).await;
+        let bad = probe(&p, addr, 8).await;
         assert!(!bad.ok && bad.detail.contains("503"), "{bad:?}");
         let closed = Probe {
             port: 1,
@@ -333,7 +354,7 @@ mod tests {
             timeout: Duration::from_secs(2),
         };
         assert!(
-            !probe(&closed, std::net::SocketAddr::from(([127, 0, 0, 1], 1)))
+            !probe(&closed, std::net::SocketAddr::from(([127, 0, 0, 1], 1)), 9)
                 .await
                 .ok
         );

@@ -2,18 +2,23 @@
 //! user's own systemd manager, reconciling a catalog and the user's choices onto systemd.
 //!
 //! The library holds all logic; `src/bin/` only parses arguments and calls in here.
-//! Edges: [`systemd`] (D-Bus), [`podman`] (REST), [`unitdir`] (unit files). The planner in
-//! [`plan`] and the renderer in [`units`] are pure; [`reconcile`] is the one task owning state.
+//! Edges, each one narrow trait: [`systemd`] (D-Bus), [`podman`] (REST), [`files`] (unit files,
+//! state, secrets, logs), [`clock`]. The planner in [`plan`] and the renderer in [`units`] are
+//! pure; [`engine`] is the one task owning state. Wire types are in the `berth-proto` crate,
+//! the API's client in `berth-client`.
 
 pub mod api;
 pub mod catalog;
 pub mod cli;
-pub mod client;
+pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod engine;
+pub mod files;
 pub mod fsutil;
 pub mod gate;
 pub mod health;
+pub mod journal;
 pub mod metrics;
 pub mod notify;
 pub mod paths;
@@ -21,10 +26,10 @@ pub mod plan;
 pub mod podman;
 pub mod proxy;
 pub mod push;
-pub mod reconcile;
 pub mod state;
-pub mod status;
 pub mod sys;
 pub mod systemd;
-pub mod unitdir;
 pub mod units;
+
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;

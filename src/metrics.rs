@@ -34,16 +34,23 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{error, info};
 
-use crate::api::ApiState;
-use crate::podman::Podman;
-use crate::reconcile::source_chain;
-use crate::status::{ServiceStatus, Snapshot, State};
+use crate::engine::source_chain;
+use berth_proto::{ServiceStatus, Snapshot, State};
 
 /// The content type of every answer with metrics.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// The engine's snapshots, as [`crate::reconcile::Handle::snapshots`] hands them out.
+/// The engine's snapshots, as [`crate::engine::Handle::snapshots`] hands them out.
 pub type Snapshots = watch::Receiver<Option<Arc<Snapshot>>>;
+
+/// Everything a scrape is made from: the engine's snapshots and the live counters of the
+/// proxy and the cloud push. Both doors (the API socket and the TCP endpoint) share one.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    pub snapshots: Snapshots,
+    pub proxy: Arc<crate::proxy::ports::Shared>,
+    pub push: Option<Arc<crate::push::PushStats>>,
+}
 
 /// Every state a service can be in, in the order of [`State`]: the members of the state set.
 const STATES: [State; 9] = [
@@ -149,6 +156,11 @@ pub fn proxy_registry(shared: &crate::proxy::ports::Shared) -> Registry {
         per_port(&|c| c.bytes_out.load(Relaxed)),
     );
     r.register(
+        "berth_proxy_spliced_bytes",
+        "Bytes forwarded (both ways) with splice(2), without passing through user space",
+        per_port(&|c| c.spliced.load(Relaxed)),
+    );
+    r.register(
         "berth_proxy_inside_connections",
         "Connections forwarded straight into the container's network namespace, not through Podman's port forwarder",
         per_port(&|c| c.inside_total.load(Relaxed)),
@@ -241,7 +253,7 @@ fn registry(snap: &Snapshot) -> Registry {
         Gauges(
             services
                 .iter()
-                .map(|s| (service(s), i64::from(s.choice != "off")))
+                .map(|s| (service(s), i64::from(s.choice != berth_proto::Choice::Off)))
                 .collect(),
         ),
     );
@@ -362,21 +374,6 @@ pub fn encode_with(snap: &Snapshot, extra: &[&Registry]) -> String {
     out
 }
 
-/// The proxy's live counters, registered once by the daemon. A process-wide cell rather than
-/// a parameter threaded through both doors: the counters are atomics owned by the proxy and
-/// only read here.
-static PROXY: std::sync::OnceLock<Arc<crate::proxy::ports::Shared>> = std::sync::OnceLock::new();
-
-/// The cloud push's counters, registered once by the daemon when a push is configured.
-static PUSH: std::sync::OnceLock<Arc<crate::push::PushStats>> = std::sync::OnceLock::new();
-
-/// Adds the cloud push's counters to every scrape from now on.
-pub fn register_push(stats: Arc<crate::push::PushStats>) {
-    if PUSH.set(stats).is_err() {
-        tracing::debug!("push counters were already registered");
-    }
-}
-
 /// The cloud push's counters as metric families.
 pub fn push_registry(c: crate::push::PushCounters) -> Registry {
     let mut r = Registry::default();
@@ -414,24 +411,14 @@ pub fn push_registry(c: crate::push::PushCounters) -> Registry {
     r
 }
 
-/// Adds the proxy's per-port counters to every scrape from now on.
-pub fn register_proxy(shared: Arc<crate::proxy::ports::Shared>) {
-    if PROXY.set(shared).is_err() {
-        tracing::debug!("proxy counters were already registered");
-    }
-}
-
 /// The answer to `GET /metrics` on either door.
-fn render(snapshots: &Snapshots) -> Response {
+pub fn render(sources: &Sources) -> Response {
     // Clone the Arc and let go of the channel before encoding.
-    let snap = snapshots.borrow().clone();
+    let snap = sources.snapshots.borrow().clone();
     match snap {
         Some(snap) => {
-            let mut extra = Vec::new();
-            if let Some(p) = PROXY.get() {
-                extra.push(proxy_registry(p));
-            }
-            if let Some(p) = PUSH.get() {
+            let mut extra = vec![proxy_registry(&sources.proxy)];
+            if let Some(p) = &sources.push {
                 extra.push(push_registry(p.counters()));
             }
             let refs: Vec<&Registry> = extra.iter().collect();
@@ -446,13 +433,6 @@ fn render(snapshots: &Snapshots) -> Response {
         )
             .into_response(),
     }
-}
-
-/// `GET /metrics` on the API socket.
-pub async fn api_metrics<P: Podman + Clone + 'static>(
-    AxState(s): AxState<ApiState<P>>,
-) -> Response {
-    render(&s.engine.snapshots())
 }
 
 /// Who may read the TCP endpoint.
@@ -623,7 +603,7 @@ enum Guard {
 #[derive(Debug)]
 struct TcpState {
     guard: Guard,
-    snapshots: Snapshots,
+    sources: Sources,
 }
 
 async fn tcp_metrics(AxState(s): AxState<Arc<TcpState>>, headers: HeaderMap) -> Response {
@@ -644,14 +624,14 @@ async fn tcp_metrics(AxState(s): AxState<Arc<TcpState>>, headers: HeaderMap) -> 
                 .into_response();
         }
     }
-    render(&s.snapshots)
+    render(&s.sources)
 }
 
 /// Serves `GET /metrics` (and nothing else) on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     access: Access,
-    snapshots: Snapshots,
+    sources: Sources,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let guard = match access {
@@ -665,63 +645,62 @@ pub async fn serve(
     };
     let router = Router::new()
         .route("/metrics", get(tcp_metrics))
-        .with_state(Arc::new(TcpState { guard, snapshots }));
+        .with_state(Arc::new(TcpState { guard, sources }));
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await
 }
 
-/// Binds `addr` and [`serve`]s it.
-pub async fn serve_tcp(
-    addr: SocketAddr,
-    access: Access,
-    snapshots: Snapshots,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), MetricsError> {
-    let listener = TcpListener::bind(addr)
+/// Binds the `[metrics] listen` address (the daemon binds it before it runs).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, MetricsError> {
+    TcpListener::bind(addr)
         .await
-        .map_err(|source| MetricsError::Bind { addr, source })?;
+        .map_err(|source| MetricsError::Bind { addr, source })
+}
+
+/// Serves the `[metrics] listen` endpoint until `shutdown`. Whatever goes wrong is logged; the
+/// daemon and its API carry on without the endpoint.
+pub async fn serve_logged(
+    listener: TcpListener,
+    access: Access,
+    sources: Sources,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let addr = listener.local_addr().ok();
     let auth = match &access {
         Access::Open => "none (loopback)",
         Access::TokenFile(_) => "bearer token",
     };
-    info!(%addr, auth, "metrics endpoint listening");
-    serve(listener, access, snapshots, shutdown)
-        .await
-        .map_err(|source| MetricsError::Serve { addr, source })
-}
-
-/// Starts the `[metrics] listen` endpoint in its own task for the life of the daemon. Whatever
-/// goes wrong is logged; the daemon and its API carry on without the endpoint.
-pub fn spawn_tcp(addr: SocketAddr, bearer_token_file: Option<PathBuf>, snapshots: Snapshots) {
-    tokio::spawn(async move {
-        let served = match Access::for_listen(addr, bearer_token_file) {
-            Ok(access) => serve_tcp(addr, access, snapshots, std::future::pending()).await,
-            Err(e) => Err(e),
+    info!(?addr, auth, "metrics endpoint listening");
+    if let Err(source) = serve(listener, access, sources, shutdown).await {
+        let err = MetricsError::Serve {
+            addr: addr.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+            source,
         };
-        if let Err(err) = served {
-            error!(
-                %err,
-                cause = %source_chain(&err),
-                "the metrics endpoint is off; berth carries on without it"
-            );
-        }
-    });
+        error!(%err, cause = %source_chain(&err), "the metrics endpoint stopped; berth carries on without it");
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{Counters, DaemonInfo, ProbeStatus};
+    use berth_proto::{Counters, DaemonInfo, ProbeStatus};
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     fn svc(name: &str, choice: &str, state: State) -> ServiceStatus {
         ServiceStatus {
             name: name.into(),
             description: String::new(),
-            choice: choice.into(),
+            choice: match choice {
+                "on" => berth_proto::Choice::On,
+                "stopped" => berth_proto::Choice::Stopped,
+                _ => berth_proto::Choice::Off,
+            },
             state,
             reason: None,
+            failure: None,
+            hint: None,
+            locked: false,
             unit: format!("berth-{name}.service"),
             unit_state: "active/running".into(),
             ports: Vec::new(),
@@ -742,6 +721,7 @@ mod tests {
                 catalog_services: 2,
                 catalog_serial: "5e1a".into(),
                 catalog_error: None,
+                catalog_in_force: None,
                 podman_error: None,
                 counters: Counters {
                     passes: 7,
@@ -987,7 +967,12 @@ mod tests {
             let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
             let port = l.local_addr().expect("addr").port();
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            let task = tokio::spawn(serve(l, access, snapshots, async {
+            let sources = Sources {
+                snapshots,
+                proxy: Arc::new(crate::proxy::ports::Shared::default()),
+                push: None,
+            };
+            let task = tokio::spawn(serve(l, access, sources, async {
                 let _either_way = rx.await;
             }));
             Server {
@@ -1090,10 +1075,7 @@ mod tests {
     async fn bind_failure_is_an_error_naming_the_address() {
         let taken = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = taken.local_addr().expect("addr");
-        let (_tx, rx) = watch::channel(None);
-        let err = serve_tcp(addr, Access::Open, rx, std::future::pending())
-            .await
-            .expect_err("address in use");
+        let err = bind(addr).await.expect_err("address in use");
         assert!(err.to_string().contains(&addr.to_string()), "{err}");
         assert!(matches!(err, MetricsError::Bind { .. }));
     }

@@ -2,26 +2,26 @@
 //! through `org.freedesktop.Notifications` on the session bus (the Desktop Notifications
 //! specification).
 //!
-//! What to say is decided by [`Tracker`], which is pure: it compares each snapshot with what it
-//! saw and what it already told the user, and debounces flapping services. [`run`] only reads
-//! the engine's snapshot watch and makes the D-Bus calls, so a slow or missing notification
+//! What to say is decided by [`Tracker`], which is pure: it compares each picture of the
+//! services with what it saw and what it already told the user, and debounces flapping
+//! services. [`run`] keeps that picture from the engine's event stream (every transition the
+//! engine sees, however short) and makes the D-Bus calls, so a slow or missing notification
 //! server never holds up the engine.
 //!
-//! Limits: a watch keeps only the newest snapshot, so a state that lasts less than one refresh
-//! (a pass, or the 10 s health tick) can go unseen. Without a notification server (a headless
-//! VM, CI) nothing is shown and one log line says so; every later notification checks again
-//! whether a server has appeared, which costs one bus round trip that fails fast.
+//! Limits: without a notification server (a headless VM, CI) nothing is shown and one log line
+//! says so; every later notification checks again whether a server has appeared, which costs
+//! one bus round trip that fails fast.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 use tracing::{debug, info};
 use zbus_systemd::zbus;
 
-use crate::status::{ServiceStatus, Snapshot, State};
+use berth_proto::{Event, ServiceStatus, Snapshot, State};
 
 /// At most one notification per service in this window; recoveries after a failure pass.
 pub const DEBOUNCE: Duration = Duration::from_secs(60);
@@ -375,8 +375,44 @@ impl Desktop {
     }
 }
 
-/// Shows notifications for the engine's snapshots until the engine is gone.
-pub async fn run(conn: zbus::Connection, mut snapshots: watch::Receiver<Option<Arc<Snapshot>>>) {
+/// Applies one event to a picture of the services; whether it changed the picture.
+pub fn apply(snap: &mut Snapshot, e: &Event) -> bool {
+    match e {
+        Event::Snapshot { daemon, services } => {
+            snap.daemon = daemon.clone();
+            snap.services = services.clone();
+            true
+        }
+        Event::Service { status, at, .. } => {
+            snap.taken_at = *at;
+            match snap.services.iter_mut().find(|s| s.name == status.name) {
+                Some(s) => *s = status.clone(),
+                None => {
+                    snap.services.push(status.clone());
+                    snap.services.sort_by(|a, b| a.name.cmp(&b.name));
+                }
+            }
+            true
+        }
+        Event::Removed { service, .. } => {
+            snap.services.retain(|s| &s.name != service);
+            true
+        }
+        Event::Daemon { daemon } => {
+            snap.daemon = daemon.clone();
+            false
+        }
+        Event::Pull { .. } | Event::PassError { .. } | Event::Unknown => false,
+    }
+}
+
+/// Shows notifications for every transition the engine publishes until it is gone. The
+/// picture starts from the engine's first snapshot and follows the event stream.
+pub async fn run(
+    conn: zbus::Connection,
+    mut events: broadcast::Receiver<Event>,
+    mut snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
+) {
     let mut tracker = Tracker::new();
     let mut desktop = Desktop {
         conn,
@@ -384,16 +420,35 @@ pub async fn run(conn: zbus::Connection, mut snapshots: watch::Receiver<Option<A
         ids: BTreeMap::new(),
         quiet: false,
     };
+    // The first snapshot is the picture at login: failures then make one summary bubble.
+    let first = match snapshots.wait_for(Option::is_some).await {
+        Ok(s) => s.clone(),
+        Err(_) => return,
+    };
+    let Some(first) = first else { return };
+    let mut picture = (*first).clone();
+    for n in tracker.update(&picture, Instant::now()) {
+        desktop.send(&n).await;
+    }
     loop {
-        // Cloned out so that no borrow of the watch is held across a D-Bus call.
-        let snap = snapshots.borrow_and_update().clone();
-        if let Some(snap) = snap {
-            for n in tracker.update(&snap, Instant::now()) {
+        let e = match events.recv().await {
+            Ok(e) => e,
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                // Fell behind: take the newest snapshot as the picture.
+                match snapshots.borrow().clone() {
+                    Some(s) => Event::Snapshot {
+                        daemon: s.daemon.clone(),
+                        services: s.services.clone(),
+                    },
+                    None => continue,
+                }
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        if apply(&mut picture, &e) {
+            for n in tracker.update(&picture, Instant::now()) {
                 desktop.send(&n).await;
             }
-        }
-        if snapshots.changed().await.is_err() {
-            break;
         }
     }
 }
@@ -401,16 +456,19 @@ pub async fn run(conn: zbus::Connection, mut snapshots: watch::Receiver<Option<A
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{Counters, DaemonInfo, PortStatus};
+    use berth_proto::{Counters, DaemonInfo, PortStatus};
     use zbus::Type as _;
 
     fn svc(name: &str, state: State, reason: Option<&str>) -> ServiceStatus {
         ServiceStatus {
             name: name.into(),
             description: String::new(),
-            choice: "on".into(),
+            choice: berth_proto::Choice::On,
             state,
             reason: reason.map(str::to_string),
+            failure: None,
+            hint: None,
+            locked: false,
             unit: format!("berth-{name}.service"),
             unit_state: String::new(),
             ports: vec![PortStatus {
@@ -435,6 +493,7 @@ mod tests {
                 catalog_services: services.len(),
                 catalog_serial: String::new(),
                 catalog_error: None,
+                catalog_in_force: None,
                 podman_error: None,
                 counters: Counters::default(),
             },

@@ -9,19 +9,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil::{create_dir, write_atomic};
+use crate::files::Files;
 
-/// What the user wants of one service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Choice {
-    /// Installed and running.
-    On,
-    /// Installed, held stopped until started again.
-    Stopped,
-    /// Not installed: units removed, data volumes kept.
-    Off,
-}
+pub use berth_proto::Choice;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -60,19 +50,10 @@ pub enum StateError {
 }
 
 impl UserState {
-    pub fn load(path: &Path) -> Result<Self, StateError> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(source) => {
-                return Err(StateError::Read {
-                    path: path.into(),
-                    source,
-                })
-            }
-        };
-        toml::from_str(&text).map_err(|e| {
-            let src = crate::catalog::Source::new(path, text.clone());
+    /// Parses a state file's text; a broken one is an error naming its line, never replaced.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, StateError> {
+        toml::from_str(text).map_err(|e| {
+            let src = crate::catalog::Source::new(path, text);
             let (line, col) = e.span().map_or((0, 0), |s| src.line_col(s.start));
             StateError::Parse {
                 path: path.into(),
@@ -83,17 +64,37 @@ impl UserState {
         })
     }
 
-    pub fn save(&self, path: &Path) -> Result<(), StateError> {
-        let werr = |source| StateError::Write {
-            path: path.into(),
-            source,
-        };
-        if let Some(dir) = path.parent() {
-            create_dir(dir, 0o700).map_err(werr)?;
+    /// The state file at `path`; an empty state when there is none.
+    pub async fn load(files: &impl Files, path: &Path) -> Result<Self, StateError> {
+        match files.read(path).await {
+            Ok(None) => Ok(Self::default()),
+            Ok(Some(bytes)) => Self::parse(path, &String::from_utf8_lossy(&bytes)),
+            Err(source) => Err(StateError::Read {
+                path: path.into(),
+                source,
+            }),
         }
-        let mut text = String::from("# berth: the services you chose. Written by berth; `berth enable/disable` change it.\n");
-        text.push_str(&toml::to_string(self).map_err(|e| werr(std::io::Error::other(e)))?);
-        write_atomic(path, text.as_bytes(), 0o600).map_err(werr)
+    }
+
+    /// The file's text as berth writes it.
+    pub fn to_text(&self) -> String {
+        let mut text = String::from(
+            "# berth: the services you chose. Written by berth; `berth enable/disable` change it.\n",
+        );
+        // A map of plain strings and enums always serializes.
+        text.push_str(&toml::to_string(self).unwrap_or_default());
+        text
+    }
+
+    /// Writes the state atomically, 0600.
+    pub async fn save(&self, files: &impl Files, path: &Path) -> Result<(), StateError> {
+        files
+            .write(path, self.to_text().into_bytes(), 0o600)
+            .await
+            .map_err(|source| StateError::Write {
+                path: path.into(),
+                source,
+            })
     }
 
     /// The user's choice, else the policy default, else off.
@@ -126,20 +127,23 @@ impl SecretStore {
     }
 
     /// The named secrets of a service, generating (and storing) any that do not exist yet.
-    pub fn ensure(
+    pub async fn ensure(
         &self,
+        files: &impl Files,
         service: &str,
         names: &[String],
     ) -> Result<BTreeMap<String, String>, StateError> {
         let path = self.file(service);
-        let mut map: BTreeMap<String, String> = match std::fs::read_to_string(&path) {
-            Ok(t) => toml::from_str(&t).map_err(|e| StateError::Parse {
-                path: path.clone(),
-                line: 0,
-                col: 0,
-                message: e.message().trim().to_string(),
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+        let mut map: BTreeMap<String, String> = match files.read(&path).await {
+            Ok(Some(bytes)) => {
+                toml::from_str(&String::from_utf8_lossy(&bytes)).map_err(|e| StateError::Parse {
+                    path: path.clone(),
+                    line: 0,
+                    col: 0,
+                    message: e.message().trim().to_string(),
+                })?
+            }
+            Ok(None) => BTreeMap::new(),
             Err(source) => return Err(StateError::Read { path, source }),
         };
         let missing: Vec<&String> = names.iter().filter(|n| !map.contains_key(*n)).collect();
@@ -157,9 +161,12 @@ impl SecretStore {
                 path: path.clone(),
                 source,
             };
-            create_dir(&self.dir, 0o700).map_err(werr)?;
+            files.create_dir(&self.dir, 0o700).await.map_err(werr)?;
             let text = toml::to_string(&map).map_err(|e| werr(std::io::Error::other(e)))?;
-            write_atomic(&path, text.as_bytes(), 0o600).map_err(werr)?;
+            files
+                .write(&path, text.into_bytes(), 0o600)
+                .await
+                .map_err(werr)?;
         }
         Ok(map)
     }
@@ -184,30 +191,34 @@ pub fn substitute(text: &str, secrets: &BTreeMap<String, String>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::files::DiskFiles;
     use std::os::unix::fs::MetadataExt as _;
 
-    #[test]
-    fn state_round_trip_and_defaults() {
+    #[tokio::test]
+    async fn state_round_trip_and_defaults() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("berth/state.toml");
-        let mut s = UserState::load(&p).expect("missing file is empty state");
+        let fs = DiskFiles;
+        let mut s = UserState::load(&fs, &p)
+            .await
+            .expect("missing file is empty state");
         assert_eq!(s.choice("demo", &["demo".into()]), Choice::On);
         assert_eq!(s.choice("n8n", &[]), Choice::Off);
         s.set("demo", Choice::Off);
         s.set("n8n", Choice::Stopped);
-        s.save(&p).expect("save");
-        let back = UserState::load(&p).expect("load");
+        s.save(&fs, &p).await.expect("save");
+        let back = UserState::load(&fs, &p).await.expect("load");
         assert_eq!(back, s);
         assert_eq!(back.choice("demo", &["demo".into()]), Choice::Off);
         assert_eq!(std::fs::metadata(&p).expect("meta").mode() & 0o777, 0o600);
     }
 
-    #[test]
-    fn broken_state_names_line_and_is_kept() {
+    #[tokio::test]
+    async fn broken_state_names_line_and_is_kept() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("state.toml");
         std::fs::write(&p, "[services.demo]\nchoice = \"maybe\"\n").expect("write");
-        let e = UserState::load(&p).expect_err("broken");
+        let e = UserState::load(&DiskFiles, &p).await.expect_err("broken");
         let msg = e.to_string();
         assert!(msg.contains("state.toml:2:"), "{msg}");
         assert!(std::fs::read_to_string(&p)
@@ -215,13 +226,18 @@ mod tests {
             .contains("maybe"));
     }
 
-    #[test]
-    fn secrets_are_generated_once_and_private() {
+    #[tokio::test]
+    async fn secrets_are_generated_once_and_private() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SecretStore::new(dir.path().join("secrets"));
-        let a = store.ensure("svc", &["pw".into()]).expect("ensure");
+        let fs = DiskFiles;
+        let a = store
+            .ensure(&fs, "svc", &["pw".into()])
+            .await
+            .expect("ensure");
         let b = store
-            .ensure("svc", &["pw".into(), "salt".into()])
+            .ensure(&fs, "svc", &["pw".into(), "salt".into()])
+            .await
             .expect("ensure again");
         assert_eq!(a["pw"], b["pw"], "existing secrets are kept");
         assert_eq!(b["salt"].len(), 64);

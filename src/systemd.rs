@@ -5,10 +5,12 @@
 //! lag behind the signal.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use serde::Serialize;
+use tokio::sync::Notify;
 use zbus::OwnedObjectPath;
 use zbus_systemd::systemd1::{ManagerProxy, UnitProxy};
 use zbus_systemd::zbus;
@@ -54,13 +56,20 @@ pub enum JobOutcome {
     Pending,
 }
 
-/// What berth needs of systemd. One real implementation; unit tests of the planner use data.
+/// What berth needs of systemd: [`UserManager`] is the real one, `testkit::MemSystemd` the
+/// in-memory one the engine's tests use.
 pub trait Systemd: Send + Sync {
-    /// Loaded units whose names match `pattern` (glob, e.g. `berth-*`).
+    /// Loaded units whose names match any of `patterns` (globs, e.g. `berth-*`).
     fn list_units(
         &self,
-        pattern: &str,
+        patterns: &[&str],
     ) -> impl Future<Output = Result<Vec<UnitState>, SystemdError>> + Send;
+    /// One unit's state, loading it if systemd had let go of it (an inactive unit nothing
+    /// refers to is not listed); `None` when there is no such unit.
+    fn unit_state(
+        &self,
+        unit: &str,
+    ) -> impl Future<Output = Result<Option<UnitState>, SystemdError>> + Send;
     /// Whether the unit's file changed since systemd loaded it.
     fn needs_reload(&self, unit: &str) -> impl Future<Output = Result<bool, SystemdError>> + Send;
     fn daemon_reload(&self) -> impl Future<Output = Result<(), SystemdError>> + Send;
@@ -93,6 +102,12 @@ pub trait Systemd: Send + Sync {
         &self,
         unit: &str,
     ) -> impl Future<Output = Result<i32, SystemdError>> + Send;
+    /// Notifies `changed` whenever a berth unit or `podman.socket` changes state, until the
+    /// manager goes away. `changed` is a [`Notify`]: the watch never waits for the engine.
+    fn watch_units(
+        &self,
+        changed: Arc<Notify>,
+    ) -> impl Future<Output = Result<(), SystemdError>> + Send;
 }
 
 /// The real user manager.
@@ -170,10 +185,13 @@ impl UserManager {
 }
 
 impl Systemd for UserManager {
-    async fn list_units(&self, pattern: &str) -> Result<Vec<UnitState>, SystemdError> {
+    async fn list_units(&self, patterns: &[&str]) -> Result<Vec<UnitState>, SystemdError> {
         let units = self
             .manager
-            .list_units_by_patterns(Vec::new(), vec![pattern.to_string()])
+            .list_units_by_patterns(
+                Vec::new(),
+                patterns.iter().map(|p| (*p).to_string()).collect(),
+            )
             .await
             .map_err(call("list units"))?;
         Ok(units
@@ -185,6 +203,21 @@ impl Systemd for UserManager {
                 sub: u.4,
             })
             .collect())
+    }
+
+    async fn unit_state(&self, unit: &str) -> Result<Option<UnitState>, SystemdError> {
+        let u = self.unit(unit).await?;
+        let read = |what: &str| call(format!("read {what} of {unit}"));
+        let load = u.load_state().await.map_err(read("LoadState"))?;
+        if load == "not-found" {
+            return Ok(None);
+        }
+        Ok(Some(UnitState {
+            name: unit.to_string(),
+            active: u.active_state().await.map_err(read("ActiveState"))?,
+            sub: u.sub_state().await.map_err(read("SubState"))?,
+            load,
+        }))
     }
 
     async fn needs_reload(&self, unit: &str) -> Result<bool, SystemdError> {
@@ -277,6 +310,10 @@ impl Systemd for UserManager {
             .await
             .map_err(call(format!("read ExecMainStatus of {unit}")))
     }
+
+    async fn watch_units(&self, changed: Arc<Notify>) -> Result<(), SystemdError> {
+        watch_units(self.conn.clone(), move || changed.notify_one()).await
+    }
 }
 
 /// The major number of a systemd version string (`252.38-1~deb12u1` → 252); 0 if unreadable.
@@ -333,7 +370,7 @@ pub async fn watch_units(
             continue;
         };
         // `changed` must not wait: this stream has to be read continuously (see its caller).
-        if name.starts_with(crate::units::PREFIX) {
+        if name.starts_with(crate::units::PREFIX) || name == "podman.socket" {
             changed();
         }
     }

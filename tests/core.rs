@@ -7,59 +7,155 @@ use std::time::Duration;
 use common::*;
 
 #[test]
-fn enable_demo_runs_labelled_container_and_disable_keeps_its_volume() {
-    let Some(_serial) = session("enable_demo") else {
+fn enable_runs_labelled_container_and_disable_keeps_its_volume() {
+    let Some(_serial) = session("enable") else {
         return;
     };
-    let mut w = World::new(&["demo"]);
-    let _old_volume = podman(&["volume", "rm", "-f", "berth-demo-data"]);
+    let mut w = World::new(&["it-demo"]);
+    w.catalog_file("it-demo.toml", &web_service("it-demo", 18190));
     w.start_daemon();
 
-    let out = w.ok(&["enable", "demo"]);
+    let out = w.ok(&["enable", "it-demo"]);
     assert!(
-        out.contains("demo: running") || out.contains("demo: starting"),
+        out.contains("it-demo: running") || out.contains("it-demo: starting"),
         "{out}"
     );
-    assert_eq!(unit_active("berth-demo.service"), "active");
+    assert_eq!(unit_active("berth-it-demo.service"), "active");
     assert_eq!(
-        inspect("berth-demo", "{{.State.Status}}").as_deref(),
+        inspect("berth-it-demo", "{{.State.Status}}").as_deref(),
         Some("running")
     );
     assert_eq!(
         inspect(
-            "berth-demo",
+            "berth-it-demo",
             "{{index .Config.Labels \"io.berth.service\"}}"
         )
         .as_deref(),
-        Some("demo")
+        Some("it-demo")
     );
     assert_eq!(
-        inspect("berth-demo", "{{index .Config.Labels \"io.berth.unit\"}}").as_deref(),
-        Some("berth-demo.service")
+        inspect(
+            "berth-it-demo",
+            "{{index .Config.Labels \"io.berth.unit\"}}"
+        )
+        .as_deref(),
+        Some("berth-it-demo.service")
     );
-    assert_page(18080);
-    let st = w.status("demo");
+    assert_page(18190);
+    let st = w.status("it-demo");
     assert_eq!(st["choice"], "on");
     assert_eq!(st["containers"][0]["state"], "running");
 
-    w.ok(&["disable", "demo"]);
+    w.ok(&["disable", "it-demo"]);
     assert!(
-        !unit_file("berth-demo.service").exists(),
+        !unit_file("berth-it-demo.service").exists(),
         "unit file removed"
     );
-    assert_ne!(unit_active("berth-demo.service"), "active");
+    assert_ne!(unit_active("berth-it-demo.service"), "active");
     assert!(
-        inspect("berth-demo", "{{.State.Status}}").is_none(),
+        inspect("berth-it-demo", "{{.State.Status}}").is_none(),
         "container removed"
     );
     assert!(
-        podman(&["volume", "exists", "berth-demo-data"])
+        podman(&["volume", "exists", "berth-it-demo-data"])
             .status
             .success(),
         "data volume kept"
     );
-    assert!(http_get(18080).is_err(), "nothing listens after disable");
-    assert_eq!(w.status("demo")["state"], "off");
+    assert!(http_get(18190).is_err(), "nothing listens after disable");
+    assert_eq!(w.status("it-demo")["state"], "off");
+}
+
+/// Regression (newcomer report): `berth enable`/`start` of a running service restarted its
+/// container, by the CLI and through the API alike.
+#[test]
+fn enable_or_start_of_a_running_service_leaves_its_container_alone() {
+    let Some(_serial) = session("enable_twice") else {
+        return;
+    };
+    let mut w = World::new(&["it-twice"]);
+    w.catalog_file("it-twice.toml", &web_service("it-twice", 18191));
+    w.start_daemon();
+    w.ok(&["enable", "it-twice", "--settle", "0"]);
+    assert_page(18191);
+    let started = inspect("berth-it-twice", "{{.State.StartedAt}}").expect("container");
+    for verb in ["enable", "start"] {
+        let out = w.ok(&[verb, "it-twice", "--settle", "0"]);
+        assert!(
+            !out.contains("restart") && !out.contains("start berth-"),
+            "{verb}: {out}"
+        );
+        let o = run(
+            "curl",
+            &[
+                "-sS",
+                "-X",
+                "POST",
+                "--unix-socket",
+                path_str(&w.socket()),
+                &format!("http://localhost/v1/services/it-twice/{verb}"),
+            ],
+        );
+        let report: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json report");
+        assert_eq!(
+            report["applied"],
+            serde_json::json!([]),
+            "API {verb}: {report}"
+        );
+        assert_eq!(
+            inspect("berth-it-twice", "{{.State.StartedAt}}").as_deref(),
+            Some(started.as_str()),
+            "{verb} restarted the container"
+        );
+    }
+    // `restart` is the verb that restarts.
+    w.ok(&["restart", "it-twice", "--settle", "0"]);
+    let restarted = wait_for(Duration::from_secs(10), || {
+        inspect("berth-it-twice", "{{.State.StartedAt}}").filter(|s| *s != started)
+    });
+    assert!(restarted.is_some(), "restart did restart it");
+}
+
+/// Regression (newcomer report): a broken admin file present when the daemon starts (a VM
+/// rebooting after an admin pushed it) made every service vanish.
+#[test]
+fn a_broken_admin_file_at_start_keeps_the_last_good_catalog_in_force() {
+    let Some(_serial) = session("broken_at_boot") else {
+        return;
+    };
+    let mut w = World::new(&["it-boot", "it-boot2"]);
+    w.catalog_file("it-boot.toml", &web_service("it-boot", 18192));
+    w.start_daemon();
+    w.ok(&["enable", "it-boot", "--settle", "0"]);
+    assert_page(18192);
+    w.stop_daemon();
+    // The admin pushes a broken file and a good new one; the VM reboots.
+    w.catalog_file("it-boot.toml", "name = \"it-boot\"\ndescription = [\n");
+    w.catalog_file("it-boot2.toml", &web_service("it-boot2", 18193));
+    w.start_daemon();
+    let st = w.status("it-boot");
+    assert_eq!(st["state"], "running", "{st}");
+    assert_eq!(st["choice"], "on");
+    assert_page(18192);
+    let ls = w.berth(&["ls"]);
+    assert!(ls.status.success(), "{}", text(&ls));
+    let out = text(&ls);
+    assert!(
+        out.contains("it-boot.toml:2:"),
+        "names the broken file and line: {out}"
+    );
+    assert!(
+        out.contains("in force meanwhile: the last good catalog"),
+        "{out}"
+    );
+    assert!(out.contains("it-boot "), "lists the service: {out}");
+    let info = w.info();
+    assert!(
+        info["catalog_in_force"]
+            .as_str()
+            .is_some_and(|s| s.contains("last good")),
+        "{info}"
+    );
 }
 
 #[test]
@@ -205,7 +301,7 @@ fn broken_catalogs() -> Vec<(&'static str, String, &'static str, &'static str)> 
             "it-bad.toml",
             web_service("it-bad", 18183)
                 .replace("description =", "uses = [\"it-bad2\"]\ndescription ="),
-            "it-bad",
+            "it-bad.toml:2:9",
             "cycle",
         ),
     ]
@@ -254,7 +350,10 @@ fn broken_catalog_is_rejected_with_its_location_and_running_services_stay() {
             Some(started.as_str())
         );
         let ls = w.ok(&["ls"]);
-        assert!(ls.contains("last good one stays in force"), "{ls}");
+        assert!(
+            ls.contains("in force meanwhile: the catalog in force before"),
+            "{ls}"
+        );
         std::fs::remove_file(&path).expect("remove broken file");
         let _maybe = std::fs::remove_file(w.etc().join("catalog.d/it-bad2.toml"));
     }
@@ -286,22 +385,50 @@ fn missing_image_gives_a_clear_reason_and_affects_nothing_else() {
 
     let st = wait_for(Duration::from_secs(10), || {
         let st = w.status("it-noimg");
-        st["reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("could not be pulled"))
-            .then_some(st)
+        (st["state"] == "failed").then_some(st)
     })
-    .unwrap_or_else(|| panic!("no pull failure reason: {}", w.status("it-noimg")));
+    .unwrap_or_else(|| panic!("not failed (pull): {}", w.status("it-noimg")));
     assert_eq!(st["choice"], "on");
+    assert_eq!(st["failure"], "pull", "{st}");
+    assert_eq!(st["hint"], "berth start it-noimg", "{st}");
+    let reason = st["reason"].as_str().unwrap_or_default();
     assert!(
-        st["reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("localhost/berth-nope:1")),
+        reason.starts_with("cannot pull localhost/berth-nope:1: "),
         "{st}"
+    );
+    // berth names the image once, then gives Podman's own words (which may name it too).
+    assert_eq!(reason.matches("cannot pull").count(), 1, "{reason}");
+    assert!(
+        !reason.contains("pulling localhost/berth-nope:1"),
+        "{reason}"
     );
     assert_ne!(unit_active("berth-it-noimg.service"), "active");
     assert_eq!(w.status("it-ok")["state"], "running");
     assert_page(18186);
+
+    // Its stable port answers at once, with a page that says why.
+    let t = std::time::Instant::now();
+    let page = http_get(18187).expect("the port answers");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(page.starts_with("HTTP/1.1 503"), "{page}");
+    assert!(
+        page.contains("cannot pull localhost/berth-nope:1"),
+        "{page}"
+    );
+    assert!(page.contains("berth start it-noimg"), "{page}");
+
+    // A restart of the daemon does not pull again behind the user's back.
+    w.stop_daemon();
+    w.start_daemon();
+    let st = w.status("it-noimg");
+    assert_eq!(st["state"], "failed", "{st}");
+    assert_eq!(st["failure"], "pull", "{st}");
+    let ls = text(&w.berth(&["ls"]));
+    assert!(!ls.contains("pulling"), "{ls}");
 }
 
 #[test]
@@ -486,6 +613,14 @@ fn a_dead_podman_api_socket_tears_nothing_down_and_the_stable_port_keeps_serving
     let _restore = RestartPodmanSocket;
     let o = systemctl(&["stop", "podman.socket", "podman.service"]);
     assert!(o.status.success(), "{}", text(&o));
+    // Plain `berth info` says so within seconds, before anything needed Podman.
+    let said = wait_for(Duration::from_secs(5), || {
+        let o = w.berth(&["info"]);
+        text(&o)
+            .contains("podman error: Podman's API is not listening: podman.socket")
+            .then_some(())
+    });
+    assert!(said.is_some(), "{}", text(&w.berth(&["info"])));
 
     // A pass changes nothing, the unit keeps running, and the page is still served, also
     // after the proxy's knowledge of the container has gone stale (2 s).
@@ -515,9 +650,13 @@ fn a_dead_podman_api_socket_tears_nothing_down_and_the_stable_port_keeps_serving
     assert!(!o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("podman.socket"), "{}", text(&o));
 
-    // Back: everything converges.
+    // Back: the warning goes within seconds, and everything converges.
     let o = systemctl(&["start", "podman.socket"]);
     assert!(o.status.success(), "{}", text(&o));
+    let cleared = wait_for(Duration::from_secs(5), || {
+        w.info()["podman_error"].is_null().then_some(())
+    });
+    assert!(cleared.is_some(), "{}", w.info());
     w.ok(&["enable", "it-nopodman2"]);
     assert_page(18207);
     assert_page(18206);

@@ -196,22 +196,201 @@ fn toml_error(src: &Source, e: toml::de::Error) -> Diagnostic {
     src.diagnostic(e.span(), String::new(), e.message().trim().to_string())
 }
 
-/// Loads and validates all layers into one catalog.
-pub fn load(layers: &Layers) -> Result<Catalog, CatalogError> {
-    let mut sources = Vec::new();
-    if layers.builtin {
-        for (name, text) in BUILTIN {
-            sources.push(Source::new(Path::new(BUILTIN_PREFIX).join(name), *text));
+/// Reads a TOML file into `T`, collecting every unknown field instead of stopping at the
+/// first: each is reported with its place and left out, and the rest is read again, so the
+/// checks after it (ports, images…) still run and report their problems in the same go. Any
+/// other error (syntax, a wrong type) ends the file's reading with that error.
+pub fn parse<T: serde::de::DeserializeOwned>(
+    src: &Source,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<T> {
+    let mut root = match toml::de::DeTable::parse(&src.text) {
+        Ok(r) => r,
+        Err(e) => {
+            diags.push(toml_error(src, e));
+            return None;
+        }
+    };
+    loop {
+        match T::deserialize(toml::de::Deserializer::from(root.clone())) {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                let unknown = e.message().starts_with("unknown field");
+                let span = e.span();
+                diags.push(toml_error(src, e));
+                match span {
+                    Some(at) if unknown && remove_key_at(root.get_mut(), &at) => continue,
+                    _ => return None,
+                }
+            }
         }
     }
-    for f in &layers.files {
-        sources.push(read(f)?);
+}
+
+/// Removes the key whose span starts where `at` does, anywhere in the table; whether it did.
+fn remove_key_at(table: &mut toml::de::DeTable<'_>, at: &Range<usize>) -> bool {
+    let found = table.keys().find(|k| k.span().start == at.start).cloned();
+    if let Some(k) = found {
+        table.remove(&k);
+        return true;
     }
-    let policy = match &layers.policy {
-        Some(p) => Some(read(p)?),
-        None => None,
+    table
+        .iter_mut()
+        .any(|(_, v)| remove_in_value(v.get_mut(), at))
+}
+
+fn remove_in_value(v: &mut toml::de::DeValue<'_>, at: &Range<usize>) -> bool {
+    match v {
+        toml::de::DeValue::Table(t) => remove_key_at(t, at),
+        toml::de::DeValue::Array(items) => {
+            items.iter_mut().any(|i| remove_in_value(i.get_mut(), at))
+        }
+        _ => false,
+    }
+}
+
+/// The text of every file of the layers, in layer order (built-in files first).
+#[derive(Debug, Clone, Default)]
+pub struct LayerSources {
+    pub policy: Option<Source>,
+    pub files: Vec<Source>,
+    /// Files that could not be read, each as a problem without a line.
+    pub unreadable: Vec<Diagnostic>,
+}
+
+impl LayerSources {
+    /// The admin (non-built-in) files.
+    pub fn admin_files(&self) -> impl Iterator<Item = &Source> {
+        self.files.iter().filter(|s| !is_builtin(&s.path))
+    }
+}
+
+/// Whether a source path names a file of the built-in catalog.
+pub fn is_builtin(path: &Path) -> bool {
+    path.starts_with(BUILTIN_PREFIX)
+}
+
+/// The built-in catalog's files as sources.
+pub fn builtin_sources() -> Vec<Source> {
+    BUILTIN
+        .iter()
+        .map(|(name, text)| Source::new(Path::new(BUILTIN_PREFIX).join(name), *text))
+        .collect()
+}
+
+/// Reads every file of the layers; a file that cannot be read is noted, not fatal.
+pub fn read_layers(layers: &Layers) -> LayerSources {
+    let mut out = LayerSources::default();
+    if layers.builtin {
+        out.files = builtin_sources();
+    }
+    let mut unreadable = Vec::new();
+    let mut note = |path: &Path, e: CatalogError| {
+        let cause = std::error::Error::source(&e)
+            .map(|s| format!(": {s}"))
+            .unwrap_or_default();
+        unreadable.push(Diagnostic {
+            file: path.to_path_buf(),
+            line: 0,
+            col: 0,
+            field: String::new(),
+            message: format!("{e}{cause}"),
+        });
     };
-    from_sources(policy.as_ref(), &sources)
+    for f in &layers.files {
+        match read(f) {
+            Ok(s) => out.files.push(s),
+            Err(e) => note(f, e),
+        }
+    }
+    if let Some(p) = &layers.policy {
+        match read(p) {
+            Ok(s) => out.policy = Some(s),
+            Err(e) => note(p, e),
+        }
+    }
+    out.unreadable = unreadable;
+    out
+}
+
+/// Loads and validates all layers into one catalog.
+pub fn load(layers: &Layers) -> Result<Catalog, CatalogError> {
+    let src = read_layers(layers);
+    if let Some(first) = src.unreadable.first() {
+        return Err(CatalogError::Read {
+            path: first.file.clone(),
+            source: std::io::Error::other(first.message.clone()),
+        });
+    }
+    from_sources(src.policy.as_ref(), &src.files)
+}
+
+/// What [`load_partial`] could make of layers with broken files.
+#[derive(Debug, Clone)]
+pub struct Partial {
+    /// Every service of the files that validate, together.
+    pub catalog: Catalog,
+    /// The files left out, each with its problems, in the order they were found.
+    pub rejected: Vec<(PathBuf, Vec<Diagnostic>)>,
+    /// The policy was left out: `catalog` carries the default policy, which knows nothing of
+    /// what the administrator meant to deny.
+    pub policy_broken: bool,
+}
+
+/// Validates the layers, leaving out the files that break them: each round drops the service
+/// files that the problems name (the policy only when it alone is named) and validates the
+/// rest again. A port clash names the later layer's file, so an admin's new file is left out
+/// rather than the built-in service it collides with.
+pub fn load_partial(src: &LayerSources) -> Partial {
+    let mut rejected: Vec<(PathBuf, Vec<Diagnostic>)> = src
+        .unreadable
+        .iter()
+        .map(|d| (d.file.clone(), vec![d.clone()]))
+        .collect();
+    let mut policy_broken = src
+        .unreadable
+        .iter()
+        .any(|d| d.file.file_name().is_some_and(|n| n == "policy.toml"));
+    let mut files: Vec<Source> = src.files.clone();
+    let mut policy = src.policy.clone();
+    loop {
+        let diags = match from_sources(policy.as_ref(), &files) {
+            Ok(catalog) => {
+                return Partial {
+                    catalog,
+                    rejected,
+                    policy_broken,
+                }
+            }
+            Err(e) => e.diagnostics().to_vec(),
+        };
+        let policy_path = policy.as_ref().map(|p| p.path.clone());
+        let named: std::collections::BTreeSet<PathBuf> = diags
+            .iter()
+            .map(|d| d.file.clone())
+            .filter(|f| Some(f) != policy_path.as_ref())
+            .collect();
+        let before = files.len();
+        files.retain(|f| !named.contains(&f.path));
+        if files.len() < before {
+            for f in named {
+                let mine: Vec<Diagnostic> = diags.iter().filter(|d| d.file == f).cloned().collect();
+                rejected.push((f, mine));
+            }
+        } else if let Some(p) = policy_path {
+            policy = None;
+            policy_broken = true;
+            rejected.push((p, diags));
+        } else {
+            // Problems that name no file left: nothing more to leave out.
+            rejected.push((PathBuf::new(), diags));
+            return Partial {
+                catalog: Catalog::default(),
+                rejected,
+                policy_broken,
+            };
+        }
+    }
 }
 
 /// Validates already-read sources (later ones replace earlier same-named services).
@@ -222,25 +401,26 @@ pub fn from_sources(
     let mut diags = Vec::new();
     let policy = match policy_src {
         None => Policy::default(),
-        Some(src) => match toml::from_str::<raw::RawPolicy>(&src.text) {
-            Ok(raw) => validate::policy(src, raw, &mut diags),
-            Err(e) => {
-                diags.push(toml_error(src, e));
-                Policy::default()
-            }
+        Some(src) => match parse::<raw::RawPolicy>(src, &mut diags) {
+            Some(raw) => validate::policy(src, raw, &mut diags),
+            None => Policy::default(),
         },
     };
     let mut services = BTreeMap::new();
     let mut spans = BTreeMap::new();
+    // Service names in layer order: a clash is blamed on the later layer.
+    let mut order: Vec<String> = Vec::new();
     for src in sources {
         if patch::is_patch(&src.text) == Some(true) {
             patch::apply(src, &mut services, &mut diags);
             continue;
         }
-        match toml::from_str::<raw::RawService>(&src.text) {
-            Err(e) => diags.push(toml_error(src, e)),
-            Ok(raw) => {
+        match parse::<raw::RawService>(src, &mut diags) {
+            None => {}
+            Some(raw) => {
                 if let Some((svc, sp)) = validate::service(src, raw, &policy, &mut diags) {
+                    order.retain(|n| n != &svc.name);
+                    order.push(svc.name.clone());
                     spans.insert(svc.name.clone(), sp);
                     services.insert(svc.name.clone(), svc);
                 }
@@ -248,7 +428,7 @@ pub fn from_sources(
         }
     }
     if diags.is_empty() {
-        validate::across(&services, &spans, &policy, &mut diags);
+        validate::across(&services, &spans, &order, &mut diags);
     }
     if diags.is_empty() {
         validate::resolve_service_refs(&mut services, &mut diags);

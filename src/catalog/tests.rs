@@ -53,6 +53,33 @@ fn unknown_field_names_line_and_field() {
 }
 
 #[test]
+fn unknown_fields_do_not_hide_the_other_problems() {
+    // README's example: an unknown field and a privileged port are reported together, and
+    // every unknown field, not only the first.
+    let text = GOOD
+        .replace(
+            "description = \"a web page\"",
+            "description = \"a web page\"\ncolour = \"red\"",
+        )
+        .replace("host = 18081", "host = 80\nweight = 3");
+    let d = diags(&text);
+    let text_of: Vec<String> = d.iter().map(|d| d.to_string()).collect();
+    assert_eq!(d.len(), 3, "{text_of:#?}");
+    assert!(
+        text_of[0].contains("web.toml:4:1: unknown field `colour`"),
+        "{text_of:#?}"
+    );
+    assert!(
+        text_of[1].contains("web.toml:14:1: unknown field `weight`"),
+        "{text_of:#?}"
+    );
+    assert!(
+        text_of[2].contains("web.toml:13:8: containers[0].ports[0].host: port 80"),
+        "{text_of:#?}"
+    );
+}
+
+#[test]
 fn bad_toml_names_line() {
     let d = diags("name = \"web\"\ndescription = \n");
     assert_eq!(d[0].line, 2, "{d:?}");

@@ -59,18 +59,7 @@ impl Ctx<'_> {
     }
 }
 
-const MAX_NAME: usize = 32;
-
-/// `[a-z][a-z0-9-]*`, at most 32 characters, no trailing or double dash.
-pub fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= MAX_NAME
-        && s.as_bytes()[0].is_ascii_lowercase()
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.ends_with('-')
-        && !s.contains("--")
-}
+pub use berth_proto::{valid_name, MAX_NAME};
 
 pub fn valid_env_name(s: &str) -> bool {
     let mut bytes = s.bytes();
@@ -903,15 +892,16 @@ fn order_containers(mut pending: Vec<Container>) -> Result<Vec<Container>, Vec<S
     Ok(done)
 }
 
-/// Checks across the layered catalog. `spans` holds the location data of each service.
+/// Checks across the layered catalog, between services: port clashes (blamed on the service of the later layer, `order`
+/// being the services in layer order), unknown `uses`, cycles.
 pub fn across(
     services: &BTreeMap<String, Service>,
     spans: &BTreeMap<String, ServiceSpans>,
-    policy: &Policy,
+    order: &[String],
     diags: &mut Vec<Diagnostic>,
 ) {
     let mut owners: BTreeMap<u16, (String, String, Option<Loc>)> = BTreeMap::new();
-    for (name, sp) in spans {
+    for (name, sp) in order.iter().filter_map(|n| spans.get(n).map(|sp| (n, sp))) {
         for (port, pname, loc) in &sp.ports {
             if let Some((other, opname, oloc)) = owners.get(port) {
                 let at = oloc
@@ -954,7 +944,6 @@ pub fn across(
             format!("services use each other in a cycle: {}", cycle.join(" → ")),
         ));
     }
-    let _ = policy;
 }
 
 /// Where a container reaches the host's loopback: slirp4netns maps the host's 127.0.0.1 to

@@ -37,6 +37,9 @@ pub struct Counters {
     /// Backend connections made inside the container's network namespace, bypassing Podman's
     /// port forwarder (the rest went to the published port).
     pub inside_total: AtomicU64,
+    /// Of the bytes delivered (both ways), those that moved by `splice(2)`, never entering
+    /// user space.
+    pub spliced: AtomicU64,
 }
 
 /// Decrements `active` however [`pipe`] ends, also when its task is dropped.
@@ -79,6 +82,7 @@ async fn pipe_with(
         &mut backend,
         &counters.bytes_in,
         &counters.bytes_out,
+        &counters.spliced,
         mode,
     )
     .await
@@ -297,6 +301,16 @@ mod tests {
         assert_eq!(counters.bytes_out.load(Ordering::Relaxed), down_sum.1);
         assert_eq!(counters.connections_total.load(Ordering::Relaxed), 1);
         assert_eq!(counters.active.load(Ordering::Relaxed), 0);
+        let spliced = counters.spliced.load(Ordering::Relaxed);
+        let total = up_sum.1 + down_sum.1;
+        match mode {
+            // Every byte went through splice, none through a copy: a process-wide fall back
+            // to copying would fail here.
+            Mode::Splice => assert_eq!(spliced, total, "{mode:?}"),
+            // Bulk data is spliced; only what came before a big read was copied.
+            Mode::Auto => assert!(spliced > total / 2, "{mode:?}: {spliced} of {total}"),
+            Mode::Copy => assert_eq!(spliced, 0, "{mode:?}"),
+        }
     }
 
     #[tokio::test]

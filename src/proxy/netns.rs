@@ -118,9 +118,14 @@ impl Netns {
         }
         let fds = match ask(&helper, BATCH).await {
             Ok(fds) => fds,
-            // It left for idleness (or died): once more with a new one.
+            // It left for idleness (or died): once more with a new one, started on the
+            // blocking pool (a fork and exec).
             Err(_gone) => {
-                *helper = start_helper(self.user.as_ref(), &self.net)?;
+                let user = self.user.as_ref().map(File::try_clone).transpose()?;
+                let net = self.net.try_clone()?;
+                *helper = tokio::task::spawn_blocking(move || start_helper(user.as_ref(), &net))
+                    .await
+                    .map_err(|e| io::Error::other(e.to_string()))??;
                 ask(&helper, BATCH).await?
             }
         };

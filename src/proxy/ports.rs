@@ -59,10 +59,13 @@ pub struct PortSpec {
     pub start_wait: Duration,
 }
 
+/// Why the engine could not start a service for a client.
+pub type DemandError = Box<dyn std::error::Error + Send + Sync>;
+
 /// What the proxy needs of the engine.
 pub trait Engine: Send + Sync + Clone + 'static {
     /// Start an on-demand service now; returns when systemd accepted the start.
-    fn demand(&self, service: &str) -> impl Future<Output = Result<(), String>> + Send;
+    fn demand(&self, service: &str) -> impl Future<Output = Result<(), DemandError>> + Send;
     /// The service had no connection for its idle time.
     fn idle(&self, service: &str) -> impl Future<Output = ()> + Send;
     /// Whether the engine last saw the service idle (on-demand and not running): its first
@@ -107,6 +110,9 @@ pub struct Shared {
     stop: watch::Sender<bool>,
     /// Why a service's port could not be served (e.g. taken by another program).
     bind_errors: Mutex<BTreeMap<String, String>>,
+    /// Services that cannot start now (failed), with the reason: their clients are answered
+    /// at once instead of waiting.
+    unavailable: Mutex<BTreeMap<String, String>>,
     counters: Mutex<BTreeMap<u16, (String, Arc<Counters>)>>,
     demand: Mutex<BTreeMap<String, Arc<DemandStats>>>,
     backends: Mutex<BTreeMap<(String, u16), (Backend, Instant)>>,
@@ -122,6 +128,7 @@ impl Default for Shared {
         Shared {
             stop: watch::channel(false).0,
             bind_errors: Mutex::default(),
+            unavailable: Mutex::default(),
             counters: Mutex::default(),
             demand: Mutex::default(),
             backends: Mutex::default(),
@@ -164,15 +171,18 @@ impl Shared {
             .map(|(b, at)| (*b, at.elapsed() < BACKEND_TTL))
     }
 
-    /// The socket helper of a container's network namespace, started at first use. A
-    /// namespace that cannot be entered is remembered, so the published port is used without
-    /// trying again for every connection.
-    fn netns(&self, pid: u32) -> Option<Arc<Netns>> {
-        let mut map = lock(&self.netns);
-        if let Some(known) = map.get(&pid) {
+    /// The socket helper of a container's network namespace, started at first use (on the
+    /// blocking pool: it forks). A namespace that cannot be entered is remembered, so the
+    /// published port is used without trying again for every connection.
+    async fn netns(&self, pid: u32) -> Option<Arc<Netns>> {
+        if let Some(known) = lock(&self.netns).get(&pid) {
             return known.clone();
         }
-        let made = match Netns::open(pid) {
+        let opened = tokio::task::spawn_blocking(move || Netns::open(pid))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|r| r);
+        let made = match opened {
             Ok(n) => {
                 debug!(
                     pid,
@@ -181,12 +191,12 @@ impl Shared {
                 Some(Arc::new(n))
             }
             Err(err) => {
-                info!(pid, %err, "cannot enter the container's network namespace; forwarding to its published port");
+                info!(pid, %err, "cannot enter the container's network namespace ({err}); forwarding to its published port");
                 None
             }
         };
-        map.insert(pid, made.clone());
-        made
+        // Another connection may have opened it meanwhile: keep the first, drop ours.
+        lock(&self.netns).entry(pid).or_insert(made).clone()
     }
 
     /// Forgets helpers of containers no resolved backend points at any more (their helpers
@@ -200,6 +210,33 @@ impl Shared {
     /// Why the service's stable port cannot be served, if it cannot.
     pub fn bind_error(&self, service: &str) -> Option<String> {
         lock(&self.bind_errors).get(service).cloned()
+    }
+
+    /// Every stable port that cannot be served, by service.
+    pub fn bind_errors(&self) -> BTreeMap<String, String> {
+        lock(&self.bind_errors).clone()
+    }
+
+    /// The engine's word on which services cannot start now: all of them, or (with `only`)
+    /// whether that one can.
+    pub fn set_unavailable(&self, down: BTreeMap<String, String>, only: Option<&str>) {
+        let mut map = lock(&self.unavailable);
+        match only {
+            None => *map = down,
+            Some(name) => match down.get(name) {
+                Some(why) => {
+                    map.insert(name.to_string(), why.clone());
+                }
+                None => {
+                    map.remove(name);
+                }
+            },
+        }
+    }
+
+    /// Why `service` cannot start now, if the engine said so.
+    pub fn unavailable(&self, service: &str) -> Option<String> {
+        lock(&self.unavailable).get(service).cloned()
     }
 
     /// Counters of every stable port served: (port, service, counters).
@@ -276,6 +313,7 @@ pub async fn run<P: Podman + Clone + 'static, E: Engine>(
 ) {
     let mut inherited: BTreeMap<String, OwnedFd> = inherited.into_iter().collect();
     let mut running: BTreeMap<u16, Running> = BTreeMap::new();
+    let mut owners = OwnerCache::default();
     let idle = tokio::spawn(idle_watch(specs.clone(), engine.clone(), shared.clone()));
     // Wait for the engine's first word before judging inherited sockets unwanted: closing
     // them early would refuse the very clients the store kept waiting.
@@ -312,17 +350,12 @@ pub async fn run<P: Podman + Clone + 'static, E: Engine>(
             let listener = match listener_for(*port, &mut inherited) {
                 Ok(l) => l,
                 Err(e) => {
-                    let who = super::owner::describe(*port)
-                        .map(|w| format!(" by {w}"))
+                    let who = owners
+                        .describe(*port)
+                        .await
+                        .map(|w| format!(" (taken by {w})"))
                         .unwrap_or_default();
-                    let msg = format!(
-                        "cannot listen on 127.0.0.1:{port}: {e}{}",
-                        if who.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" (taken{who})")
-                        }
-                    );
+                    let msg = format!("cannot listen on 127.0.0.1:{port}: {e}{who}");
                     warn!(service = %spec.service, port, "{msg}");
                     errors.insert(spec.service.clone(), msg);
                     continue;
@@ -365,6 +398,31 @@ pub async fn run<P: Podman + Clone + 'static, E: Engine>(
     idle.abort();
     for (_, r) in running {
         r.task.abort();
+    }
+}
+
+/// Who holds a port, asked at most every [`OWNER_TTL`] per port: the answer scans every
+/// process's open files, on the blocking pool.
+#[derive(Debug, Default)]
+struct OwnerCache {
+    known: BTreeMap<u16, (Instant, Option<String>)>,
+}
+
+const OWNER_TTL: Duration = Duration::from_secs(120);
+
+impl OwnerCache {
+    async fn describe(&mut self, port: u16) -> Option<String> {
+        if let Some((at, who)) = self.known.get(&port) {
+            if at.elapsed() < OWNER_TTL {
+                return who.clone();
+            }
+        }
+        let who = tokio::task::spawn_blocking(move || super::owner::describe(port))
+            .await
+            .ok()
+            .flatten();
+        self.known.insert(port, (Instant::now(), who.clone()));
+        who
     }
 }
 
@@ -444,6 +502,31 @@ async fn serve_port<P: Podman + Clone + 'static, E: Engine>(
     }
 }
 
+/// Why a client's connection was not served.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("more than {MAX_WAITING} clients waiting for {0}; closing")]
+    TooMany(String),
+    #[error("{service} cannot start: {reason}")]
+    Unavailable { service: String, reason: String },
+    #[error("{service} did not answer within {secs}s")]
+    Timeout { service: String, secs: u64 },
+    #[error("starting {service} on demand failed")]
+    Demand {
+        service: String,
+        #[source]
+        source: DemandError,
+    },
+    #[error("connect {addr}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("forwarding failed")]
+    Forward(#[source] std::io::Error),
+}
+
 async fn connection<P: Podman + Clone + 'static, E: Engine>(
     client: TcpStream,
     spec: &PortSpec,
@@ -452,7 +535,7 @@ async fn connection<P: Podman + Clone + 'static, E: Engine>(
     shared: &Arc<Shared>,
     counters: &Counters,
     waiting: &Semaphore,
-) -> Result<(), String> {
+) -> Result<(), ConnError> {
     // Warm path: a known backend that accepts.
     if let Some((b, fresh)) = shared.backend(&spec.service, spec.container_port) {
         if !fresh {
@@ -462,24 +545,96 @@ async fn connection<P: Podman + Clone + 'static, E: Engine>(
             return forward::pipe(client, backend, counters)
                 .await
                 .map(|_| ())
-                .map_err(|e| e.to_string());
+                .map_err(ConnError::Forward);
         }
+    }
+    // A service that cannot start: say so at once instead of keeping the client waiting. (A
+    // client of an on-demand service is a user acting: the engine retries it instead.)
+    if let Some(reason) = shared
+        .unavailable(&spec.service)
+        .filter(|_| !spec.on_demand)
+    {
+        let e = ConnError::Unavailable {
+            service: spec.service.clone(),
+            reason,
+        };
+        refuse(client, &spec.service, &e).await;
+        return Err(e);
     }
     // Cold path: find (or start) the backend, bounded in waiting clients and in time.
     let Ok(_permit) = waiting.try_acquire() else {
-        return Err(format!(
-            "more than {MAX_WAITING} clients waiting for {}; closing",
-            spec.service
-        ));
+        return Err(ConnError::TooMany(spec.service.clone()));
     };
-    let b = cold_backend(spec, podman, engine, shared).await?;
+    let b = match cold_backend(spec, podman, engine, shared).await {
+        Ok(b) => b,
+        Err(e) => {
+            refuse(client, &spec.service, &e).await;
+            return Err(e);
+        }
+    };
     let backend = connect(shared, b, spec.container_port, true, counters)
         .await
-        .map_err(|e| format!("connect {}: {e}", b.published))?;
+        .map_err(|source| ConnError::Connect {
+            addr: b.published,
+            source,
+        })?;
     forward::pipe(client, backend, counters)
         .await
         .map(|_| ())
-        .map_err(|e| e.to_string())
+        .map_err(ConnError::Forward)
+}
+
+/// Answers a client whose service cannot be reached: an HTTP client gets a `503` page that
+/// says why and how to retry; anything else is closed at once.
+async fn refuse(mut client: TcpStream, service: &str, why: &ConnError) {
+    use tokio::io::AsyncWriteExt as _;
+    let mut buf = [0u8; 1024];
+    // HTTP clients speak first; wait briefly for their request line.
+    let n = match tokio::time::timeout(Duration::from_millis(300), client.read(&mut buf)).await {
+        Ok(Ok(n)) => n,
+        _ => 0,
+    };
+    if looks_like_http(&buf[..n]) {
+        let page = error_page(service, &why.to_string());
+        let _client_may_be_gone = client.write_all(page.as_bytes()).await;
+        let _client_may_be_gone = client.shutdown().await;
+    }
+}
+
+/// Whether `head` starts like an HTTP/1 request (`GET / HTTP/1.1`).
+fn looks_like_http(head: &[u8]) -> bool {
+    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
+    let method = line.split(|b| *b == b' ').next().unwrap_or_default();
+    !method.is_empty()
+        && method.len() <= 10
+        && method.iter().all(u8::is_ascii_uppercase)
+        && line.windows(6).any(|w| w == b" HTTP/")
+}
+
+/// A small `503 Service Unavailable` answer for a browser or an HTTP client.
+fn error_page(service: &str, why: &str) -> String {
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    let body = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{svc} is not available</title>\
+         <style>body{{font:16px system-ui,sans-serif;max-width:40em;margin:4em auto;color:#222}}\
+         code{{background:#eee;padding:.1em .3em}}</style></head><body>\
+         <h1>{svc} is not available</h1><p>{why}</p>\
+         <p>berth serves this port for <b>{svc}</b>. Try <code>berth start {svc}</code>, or \
+         <code>berth status {svc}</code> to see more.</p></body></html>\n",
+        svc = esc(service),
+        why = esc(why),
+    );
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/html; charset=utf-8\r\n\
+         Content-Length: {}\r\nCache-Control: no-store\r\nRetry-After: 10\r\n\
+         Connection: close\r\nX-Berth-Service: {service}\r\n\r\n{body}",
+        body.len()
+    )
 }
 
 /// A connection to the application: inside the container's network namespace where possible,
@@ -492,7 +647,7 @@ async fn connect(
     fresh: bool,
     counters: &Counters,
 ) -> std::io::Result<TcpStream> {
-    if let Some(ns) = shared.netns(b.pid) {
+    if let Some(ns) = shared.netns(b.pid).await {
         let inside = SocketAddr::from(([127, 0, 0, 1], container_port));
         match ns.socket().await {
             Ok(socket) => match socket.connect(inside).await {
@@ -623,14 +778,17 @@ async fn demand_once<E: Engine>(
     spec: &PortSpec,
     engine: &E,
     shared: &Shared,
-) -> Result<bool, String> {
+) -> Result<bool, ConnError> {
     if !first_to_demand(shared, spec) {
         return Ok(false);
     }
-    if let Err(err) = engine.demand(&spec.service).await {
+    if let Err(source) = engine.demand(&spec.service).await {
         // The next connection tries again.
         *lock(&shared.demand_stats(&spec.service).asked) = None;
-        return Err(err);
+        return Err(ConnError::Demand {
+            service: spec.service.clone(),
+            source,
+        });
     }
     Ok(true)
 }
@@ -653,7 +811,7 @@ async fn cold_backend<P: Podman + Clone + 'static, E: Engine>(
     podman: &P,
     engine: &E,
     shared: &Shared,
-) -> Result<Backend, String> {
+) -> Result<Backend, ConnError> {
     let started = Instant::now();
     let limit = if spec.on_demand {
         spec.start_wait
@@ -694,11 +852,17 @@ async fn cold_backend<P: Podman + Clone + 'static, E: Engine>(
             continue;
         }
         if started.elapsed() > limit {
-            return Err(format!(
-                "{} did not answer within {}s",
-                spec.service,
-                limit.as_secs()
-            ));
+            return Err(ConnError::Timeout {
+                service: spec.service.clone(),
+                secs: limit.as_secs(),
+            });
+        }
+        // It failed meanwhile (a pull, a crash): no point in waiting out the limit.
+        if let Some(reason) = shared.unavailable(&spec.service) {
+            return Err(ConnError::Unavailable {
+                service: spec.service.clone(),
+                reason,
+            });
         }
         tokio::time::sleep(Duration::from_millis(15)).await;
     }
@@ -743,5 +907,32 @@ mod tests {
         drop(l);
         assert_eq!(listening_inside(std::process::id(), port), Some(false));
         assert_eq!(listening_inside(0, port), None, "no pid, no answer");
+    }
+
+    #[test]
+    fn http_requests_are_told_apart_from_other_protocols() {
+        assert!(looks_like_http(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert!(looks_like_http(b"POST /api/v1/x HTTP/1.0\r\n"));
+        assert!(!looks_like_http(b"SSH-2.0-OpenSSH_9.2\r\n"));
+        assert!(!looks_like_http(b""));
+        assert!(!looks_like_http(b"\x16\x03\x01\x02\x00"), "a TLS hello");
+    }
+
+    #[test]
+    fn the_error_page_says_why_escaped_and_has_a_true_length() {
+        let page = error_page("demo", "cannot pull <img>: no route");
+        let (head, body) = page.split_once("\r\n\r\n").expect("head and body");
+        assert!(
+            head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{head}"
+        );
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .and_then(|v| v.parse().ok())
+            .expect("content length");
+        assert_eq!(len, body.len());
+        assert!(body.contains("cannot pull &lt;img&gt;: no route"), "{body}");
+        assert!(body.contains("berth start demo"), "{body}");
     }
 }

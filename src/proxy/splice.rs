@@ -77,11 +77,15 @@ pub(crate) async fn bidirectional(
     b: &mut TcpStream,
     a_to_b: &AtomicU64,
     b_to_a: &AtomicU64,
+    spliced: &AtomicU64,
     mode: Mode,
 ) -> io::Result<(u64, u64)> {
     let (ar, aw) = a.split();
     let (br, bw) = b.split();
-    tokio::try_join!(one_way(ar, bw, a_to_b, mode), one_way(br, aw, b_to_a, mode))
+    tokio::try_join!(
+        one_way(ar, bw, a_to_b, spliced, mode),
+        one_way(br, aw, b_to_a, spliced, mode)
+    )
 }
 
 /// What one transfer step found.
@@ -114,6 +118,7 @@ async fn one_way(
     mut src: ReadHalf<'_>,
     mut dst: WriteHalf<'_>,
     moved: &AtomicU64,
+    spliced: &AtomicU64,
     mode: Mode,
 ) -> io::Result<u64> {
     let mut total = 0u64;
@@ -122,7 +127,7 @@ async fn one_way(
     let mut pending = Vec::new();
     loop {
         let flow = if splicing && pending.is_empty() {
-            splice_step(&src, &dst, moved).await?
+            splice_step(&src, &dst, moved, spliced).await?
         } else {
             copy_step(&mut src, &mut dst, &mut pending, moved).await?
         };
@@ -222,6 +227,7 @@ async fn splice_step(
     src: &ReadHalf<'_>,
     dst: &WriteHalf<'_>,
     moved: &AtomicU64,
+    spliced: &AtomicU64,
 ) -> io::Result<Flow> {
     let (src, dst) = (src.as_ref(), dst.as_ref());
     let filled = src
@@ -271,6 +277,7 @@ async fn splice_step(
             Ok(m) => {
                 left -= m;
                 moved.fetch_add(m as u64, Ordering::Relaxed);
+                spliced.fetch_add(m as u64, Ordering::Relaxed);
             }
             // The pipe still holds data: it is dropped (closed), not pooled.
             Err(e) if peer_gone(&e) => return Ok(Flow::DstGone),

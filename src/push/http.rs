@@ -17,7 +17,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::TokioExecutor;
 
-use crate::reconcile::source_chain;
+use crate::engine::source_chain;
 
 /// How long one delivery may take, connecting included.
 pub const TIMEOUT: Duration = Duration::from_secs(10);

@@ -23,18 +23,19 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{broadcast, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::clock::now_unix;
 use crate::config::PushConfig;
+use crate::engine::source_chain;
 use crate::paths::Paths;
-use crate::reconcile::source_chain;
-use crate::status::{now_unix, Snapshot};
+use berth_proto::{Event, Snapshot};
 
 use self::http::{Deliver, HttpDelivery, Outcome};
-use self::report::{ChangeKey, Identity, Report, SentReason};
+use self::report::{ChangeKey, Identity, Report, SentReason, Transition};
 use self::spool::{Spool, SpoolError};
 
 /// `~/.local/state/berth/spool`: reports not yet accepted by the receiver.
@@ -200,15 +201,17 @@ impl Drop for Pusher {
 pub fn spawn(
     settings: Settings,
     snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
+    events: broadcast::Receiver<Event>,
 ) -> Result<Pusher, PushError> {
     let delivery = HttpDelivery::new(&settings.url, settings.bearer_token_file.clone())?;
-    spawn_with(settings, snapshots, delivery)
+    spawn_with(settings, snapshots, events, delivery)
 }
 
 /// [`spawn`] with another way of delivering (tests).
 pub fn spawn_with<D: Deliver + 'static>(
     settings: Settings,
     snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
+    events: broadcast::Receiver<Event>,
     delivery: D,
 ) -> Result<Pusher, PushError> {
     // A new spool numbers from the clock (milliseconds), not from 1: should the state directory
@@ -231,6 +234,7 @@ pub fn spawn_with<D: Deliver + 'static>(
     let producer = tokio::spawn(produce(
         settings.clone(),
         snapshots,
+        events,
         stop,
         spool.clone(),
         wake.clone(),
@@ -293,11 +297,20 @@ impl Schedule {
             .map_or(self.periodic_at, |c| c.min(self.periodic_at))
     }
 
-    /// Whether a report is due now, with the newest snapshot's key.
-    pub fn due(&mut self, key: &ChangeKey, now: Instant) -> Option<SentReason> {
+    /// A state changed and changed back between two snapshots: a change all the same, looked
+    /// at after the debounce like any other.
+    pub fn observe_transition(&mut self, now: Instant) {
+        if self.change_at.is_none() {
+            self.change_at = Some(now + self.debounce);
+        }
+    }
+
+    /// Whether a report is due now, with the newest snapshot's key; `transitions` says
+    /// whether states changed since the last report (even if they are back where they were).
+    pub fn due(&mut self, key: &ChangeKey, transitions: bool, now: Instant) -> Option<SentReason> {
         if self.change_at.is_some_and(|t| now >= t) {
             self.change_at = None;
-            if self.last.as_ref() != Some(key) {
+            if self.last.as_ref() != Some(key) || transitions {
                 return Some(SentReason::Change);
             }
         }
@@ -312,9 +325,13 @@ impl Schedule {
     }
 }
 
+/// Transitions kept for the next report at most; older ones are counted, not kept.
+const MAX_TRANSITIONS: usize = 100;
+
 async fn produce(
     settings: Settings,
     mut snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
+    mut events: broadcast::Receiver<Event>,
     mut stop: watch::Receiver<bool>,
     spool: Arc<Mutex<Spool>>,
     wake: Arc<Notify>,
@@ -346,9 +363,18 @@ async fn produce(
     let mut schedule = Schedule::new(Instant::now(), settings.interval, settings.debounce);
     let mut latest = first;
     let mut reason = SentReason::Startup;
+    // State changes since the last report, from the event stream: a failure that is over by
+    // the next snapshot still reaches the cloud.
+    let mut transitions: Vec<Transition> = Vec::new();
+    let mut transitions_dropped = 0u64;
+    let mut events_open = true;
     loop {
         let key = ChangeKey::of(&latest);
-        let Some(result) = spool_report(&spool, &id, latest.clone(), reason).await else {
+        let sent = (
+            std::mem::take(&mut transitions),
+            std::mem::take(&mut transitions_dropped),
+        );
+        let Some(result) = spool_report(&spool, &id, latest.clone(), reason, sent).await else {
             return;
         };
         match result {
@@ -387,8 +413,29 @@ async fn produce(
                     }
                     schedule.observe(&ChangeKey::of(&latest), Instant::now());
                 }
+                e = events.recv(), if events_open => match e {
+                    Ok(Event::Service { status, from: Some(from), at }) if from != status.state => {
+                        if transitions.len() >= MAX_TRANSITIONS {
+                            transitions.remove(0);
+                            transitions_dropped += 1;
+                        }
+                        transitions.push(Transition {
+                            service: status.name.clone(),
+                            from,
+                            to: status.state,
+                            at,
+                            reason: status.reason.clone(),
+                        });
+                        schedule.observe_transition(Instant::now());
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(n)) => transitions_dropped += n,
+                    // The engine is gone; the snapshot watch says so too.
+                    Err(broadcast::error::RecvError::Closed) => events_open = false,
+                },
                 () = tokio::time::sleep_until(schedule.next_wakeup()) => {
-                    if let Some(r) = schedule.due(&ChangeKey::of(&latest), Instant::now()) {
+                    let pending = !transitions.is_empty();
+                    if let Some(r) = schedule.due(&ChangeKey::of(&latest), pending, Instant::now()) {
                         break r;
                     }
                 }
@@ -403,12 +450,16 @@ async fn spool_report(
     id: &Arc<Identity>,
     snap: Arc<Snapshot>,
     reason: SentReason,
+    (transitions, transitions_dropped): (Vec<Transition>, u64),
 ) -> Option<Result<(spool::Appended, usize), SpoolError>> {
     let id = id.clone();
     let now = now_unix();
     with_spool(spool, move |s| {
         s.append(|seq, dropped| {
-            serde_json::to_vec(&Report::build(&id, &snap, seq, reason, now, dropped))
+            let mut r = Report::build(&id, &snap, seq, reason, now, dropped);
+            r.transitions = transitions;
+            r.transitions_dropped = transitions_dropped;
+            serde_json::to_vec(&r)
         })
         .map(|a| (a, s.len()))
     })

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::status::{PortStatus, Snapshot, State};
+use berth_proto::{PortStatus, Snapshot, State};
 
 /// The schema tag every report carries. A receiver rejects (or routes) by it; any change that
 /// is not purely additive bumps the number.
@@ -51,6 +51,24 @@ pub struct Report {
     pub berth: Berth,
     pub services: Vec<Service>,
     pub spool: SpoolInfo,
+    /// Every state change since the previous report, oldest first (also those that were
+    /// over before this report was made).
+    #[serde(default)]
+    pub transitions: Vec<Transition>,
+    /// Transitions left out of `transitions` to keep a report small.
+    #[serde(default)]
+    pub transitions_dropped: u64,
+}
+
+/// One state change of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transition {
+    pub service: String,
+    pub from: State,
+    pub to: State,
+    /// Unix seconds.
+    pub at: u64,
+    pub reason: Option<String>,
 }
 
 /// Which machine this is.
@@ -96,6 +114,9 @@ pub struct Berth {
     pub podman_version: Option<String>,
     pub catalog_serial: String,
     pub catalog_error: Option<String>,
+    /// What runs while `catalog_error` is set.
+    #[serde(default)]
+    pub catalog_in_force: Option<String>,
     /// Set while Podman's API does not answer the daemon.
     #[serde(default)]
     pub podman_error: Option<String>,
@@ -154,6 +175,7 @@ impl Report {
                 podman_version: snap.daemon.podman_version.clone(),
                 catalog_serial: snap.daemon.catalog_serial.clone(),
                 catalog_error: snap.daemon.catalog_error.clone(),
+                catalog_in_force: snap.daemon.catalog_in_force.clone(),
                 podman_error: snap.daemon.podman_error.clone(),
             },
             services: snap
@@ -161,7 +183,7 @@ impl Report {
                 .iter()
                 .map(|s| Service {
                     name: s.name.clone(),
-                    choice: s.choice.clone(),
+                    choice: s.choice.as_str().to_string(),
                     state: s.state,
                     reason: s.reason.clone(),
                     since: s.since,
@@ -172,6 +194,8 @@ impl Report {
             spool: SpoolInfo {
                 dropped_before_this,
             },
+            transitions: Vec::new(),
+            transitions_dropped: 0,
         }
     }
 }
@@ -276,7 +300,7 @@ fn civil_date(days: u64) -> (u64, u64, u64) {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::status::{Counters, DaemonInfo, ServiceStatus};
+    use berth_proto::{Counters, DaemonInfo, ServiceStatus};
 
     pub(crate) fn snapshot(services: &[(&str, State, Option<&str>)]) -> Snapshot {
         Snapshot {
@@ -288,6 +312,7 @@ pub(crate) mod tests {
                 catalog_services: services.len(),
                 catalog_serial: "00000000deadbeef".into(),
                 catalog_error: None,
+                catalog_in_force: None,
                 podman_error: None,
                 counters: Counters::default(),
             },
@@ -296,9 +321,12 @@ pub(crate) mod tests {
                 .map(|(name, state, reason)| ServiceStatus {
                     name: name.to_string(),
                     description: "d".into(),
-                    choice: "on".into(),
+                    choice: berth_proto::Choice::On,
                     state: *state,
                     reason: reason.map(str::to_string),
+                    failure: None,
+                    hint: None,
+                    locked: false,
                     unit: format!("berth-{name}.service"),
                     unit_state: "active/running".into(),
                     ports: vec![PortStatus {
@@ -356,6 +384,7 @@ pub(crate) mod tests {
                 "podman_version": "5.4.2",
                 "catalog_serial": "00000000deadbeef",
                 "catalog_error": null,
+                "catalog_in_force": null,
                 "podman_error": null
             },
             "services": [{
@@ -367,7 +396,9 @@ pub(crate) mod tests {
                 "restarts": 0,
                 "ports": [{ "name": "http", "port": 18080 }]
             }],
-            "spool": { "dropped_before_this": 2 }
+            "spool": { "dropped_before_this": 2 },
+            "transitions": [],
+            "transitions_dropped": 0
         });
         assert_eq!(v, want);
         let back: Report = serde_json::from_value(v).expect("round trip");

@@ -4,7 +4,7 @@ use std::sync::atomic::AtomicBool;
 
 use super::report::tests::snapshot;
 use super::*;
-use crate::status::State;
+use berth_proto::State;
 
 fn key(state: State) -> ChangeKey {
     ChangeKey::of(&snapshot(&[("a", state, None)]))
@@ -17,15 +17,15 @@ fn schedule_reports_changes_after_the_debounce_and_otherwise_periodically() {
     let mut sch = Schedule::new(t0, s(300), s(2));
     sch.reported(key(State::Starting), t0);
     assert_eq!(sch.next_wakeup(), t0 + s(300));
-    assert_eq!(sch.due(&key(State::Starting), t0 + s(299)), None);
+    assert_eq!(sch.due(&key(State::Starting), false, t0 + s(299)), None);
 
     // A change is due two seconds after it was first seen, however many snapshots follow.
     sch.observe(&key(State::Running), t0 + s(10));
     sch.observe(&key(State::Running), t0 + s(11));
     assert_eq!(sch.next_wakeup(), t0 + s(12));
-    assert_eq!(sch.due(&key(State::Running), t0 + s(11)), None);
+    assert_eq!(sch.due(&key(State::Running), false, t0 + s(11)), None);
     assert_eq!(
-        sch.due(&key(State::Running), t0 + s(12)),
+        sch.due(&key(State::Running), false, t0 + s(12)),
         Some(SentReason::Change)
     );
     sch.reported(key(State::Running), t0 + s(12));
@@ -41,11 +41,11 @@ fn schedule_reports_changes_after_the_debounce_and_otherwise_periodically() {
 
     // A flap that is back before the debounce ends makes no report.
     sch.observe(&key(State::Unhealthy), t0 + s(30));
-    assert_eq!(sch.due(&key(State::Running), t0 + s(32)), None);
+    assert_eq!(sch.due(&key(State::Running), false, t0 + s(32)), None);
     assert_eq!(sch.next_wakeup(), t0 + s(312));
 
     assert_eq!(
-        sch.due(&key(State::Running), t0 + s(312)),
+        sch.due(&key(State::Running), false, t0 + s(312)),
         Some(SentReason::Periodic)
     );
 }
@@ -121,6 +121,11 @@ fn seqs(got: &[serde_json::Value]) -> Vec<u64> {
         .collect()
 }
 
+/// An event stream that has ended (these tests drive the pusher by snapshots).
+fn no_events() -> tokio::sync::broadcast::Receiver<berth_proto::Event> {
+    tokio::sync::broadcast::channel(1).1
+}
+
 #[tokio::test]
 async fn reports_wait_in_the_spool_while_the_receiver_is_down_and_arrive_in_order() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -128,7 +133,8 @@ async fn reports_wait_in_the_spool_while_the_receiver_is_down_and_arrive_in_orde
     let (tx, rx) = watch::channel(Some(Arc::new(snapshot(&[("a", State::Starting, None)]))));
     let fake = Fake::default();
     fake.down.store(true, Ordering::SeqCst);
-    let pusher = spawn_with(settings(dir.path(), 1000), rx, fake.clone()).expect("spawn");
+    let pusher =
+        spawn_with(settings(dir.path(), 1000), rx, no_events(), fake.clone()).expect("spawn");
     let stats = pusher.stats();
 
     until("reports spooled while down", || {
@@ -179,7 +185,8 @@ async fn reports_wait_in_the_spool_while_the_receiver_is_down_and_arrive_in_orde
     let last = *s.last().expect("some");
     let fake2 = Fake::default();
     let (_tx2, rx2) = watch::channel(Some(Arc::new(snapshot(&[("a", State::Failed, None)]))));
-    let _pusher = spawn_with(settings(dir.path(), 1000), rx2, fake2.clone()).expect("respawn");
+    let _pusher =
+        spawn_with(settings(dir.path(), 1000), rx2, no_events(), fake2.clone()).expect("respawn");
     until("the startup report", || {
         fake2.got().iter().any(|r| r["sent_reason"] == "startup")
     })
@@ -202,7 +209,13 @@ async fn shutdown_sends_a_last_report_and_keeps_what_it_cannot_deliver() {
     std::fs::write(dir.path().join("machine-id"), "m-1\n").expect("machine-id");
     let (_tx, rx) = watch::channel(Some(Arc::new(snapshot(&[("a", State::Running, None)]))));
     let fake = Fake::default();
-    let pusher = spawn_with(settings(dir.path(), 1000), rx.clone(), fake.clone()).expect("spawn");
+    let pusher = spawn_with(
+        settings(dir.path(), 1000),
+        rx.clone(),
+        no_events(),
+        fake.clone(),
+    )
+    .expect("spawn");
     until("the startup report", || !fake.got().is_empty()).await;
     pusher.shutdown(Duration::from_secs(5)).await;
     // Delivered before shutdown returned, as the last report.
@@ -220,7 +233,8 @@ async fn shutdown_sends_a_last_report_and_keeps_what_it_cannot_deliver() {
     // With the receiver down, shutdown gives up after its limit and the report stays spooled.
     let down = Fake::default();
     down.down.store(true, Ordering::SeqCst);
-    let pusher = spawn_with(settings(dir.path(), 1000), rx, down.clone()).expect("respawn");
+    let pusher =
+        spawn_with(settings(dir.path(), 1000), rx, no_events(), down.clone()).expect("respawn");
     let stats = pusher.stats();
     until("the startup report spooled", || {
         stats.counters().reports_total >= 1
@@ -254,7 +268,7 @@ async fn a_full_spool_drops_the_oldest_and_the_gaps_are_accounted_for() {
     // Number from 1, so that every gap, the first report included, is seen.
     std::fs::create_dir_all(dir.path().join("spool")).expect("spool");
     std::fs::write(dir.path().join("spool/last-seq"), "0\n").expect("last-seq");
-    let pusher = spawn_with(settings(dir.path(), 3), rx, fake.clone()).expect("spawn");
+    let pusher = spawn_with(settings(dir.path(), 3), rx, no_events(), fake.clone()).expect("spawn");
     let stats = pusher.stats();
     until("reports dropped", || stats.counters().dropped_total >= 3).await;
     assert!(
@@ -284,7 +298,8 @@ async fn a_refusing_receiver_keeps_the_reports() {
     let (_tx, rx) = watch::channel(Some(Arc::new(snapshot(&[("a", State::Running, None)]))));
     let fake = Fake::default();
     fake.refuse.store(true, Ordering::SeqCst);
-    let pusher = spawn_with(settings(dir.path(), 1000), rx, fake.clone()).expect("spawn");
+    let pusher =
+        spawn_with(settings(dir.path(), 1000), rx, no_events(), fake.clone()).expect("spawn");
     let stats = pusher.stats();
     until("refused twice", || {
         stats.counters().failed_attempts_total >= 2
@@ -301,10 +316,51 @@ async fn no_report_before_the_first_snapshot() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (tx, rx) = watch::channel(None);
     let fake = Fake::default();
-    let pusher = spawn_with(settings(dir.path(), 1000), rx, fake.clone()).expect("spawn");
+    let pusher =
+        spawn_with(settings(dir.path(), 1000), rx, no_events(), fake.clone()).expect("spawn");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(pusher.stats().counters().reports_total, 0);
     tx.send_replace(Some(Arc::new(snapshot(&[("a", State::Running, None)]))));
     until("startup report", || !fake.got().is_empty()).await;
     assert_eq!(fake.got()[0]["sent_reason"], "startup");
+}
+
+#[tokio::test]
+async fn a_failure_that_is_over_before_the_next_snapshot_still_reaches_the_cloud() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let running = snapshot(&[("a", State::Running, None)]);
+    let (_tx, rx) = watch::channel(Some(Arc::new(running.clone())));
+    let (events, events_rx) = tokio::sync::broadcast::channel(16);
+    let fake = Fake::default();
+    let mut s = settings(dir.path(), 1000);
+    // No periodic report in the way of the one this test waits for.
+    s.interval = Duration::from_secs(3600);
+    let _pusher = spawn_with(s, rx, events_rx, fake.clone()).expect("spawn");
+    until("startup report", || !fake.got().is_empty()).await;
+    let mut failed = running.services[0].clone();
+    failed.state = State::Failed;
+    failed.reason = Some("crashed".into());
+    // Failed and back within the debounce: the snapshot never shows it.
+    for (st, from, at) in [
+        (failed, State::Running, 10),
+        (running.services[0].clone(), State::Failed, 11),
+    ] {
+        events
+            .send(berth_proto::Event::Service {
+                status: st,
+                from: Some(from),
+                at,
+            })
+            .expect("a subscriber");
+    }
+    until("a change report", || fake.got().len() >= 2).await;
+    let report = &fake.got()[1];
+    assert_eq!(report["sent_reason"], "change");
+    let t = report["transitions"].as_array().expect("transitions");
+    assert_eq!(t.len(), 2, "{report}");
+    assert_eq!(t[0]["from"], "running");
+    assert_eq!(t[0]["to"], "failed");
+    assert_eq!(t[0]["reason"], "crashed");
+    assert_eq!(t[1]["to"], "running");
+    assert_eq!(report["services"][0]["state"], "running");
 }

@@ -1,0 +1,431 @@
+//! berth's wire types: what the daemon's API says and what its clients (the CLI, the tray, the
+//! local web page) read. Plain data with serde, no behaviour beyond formatting, and no
+//! dependency on the daemon, so a client never links the server.
+//!
+//! Compatibility: fields are added, never renamed; new fields carry `#[serde(default)]` so an
+//! older daemon's answers still decode. Enums that may grow (events, error codes) are matched
+//! by clients with a fallback.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+mod event;
+mod plan;
+
+pub use event::{Event, PullProgress};
+pub use plan::{Action, Plan};
+
+/// What the user wants of one service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Choice {
+    /// Installed and running.
+    On,
+    /// Installed, held stopped until started again.
+    Stopped,
+    /// Not installed: units removed, data volumes kept.
+    Off,
+}
+
+impl Choice {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Choice::On => "on",
+            Choice::Stopped => "stopped",
+            Choice::Off => "off",
+        }
+    }
+}
+
+impl fmt::Display for Choice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Coarse state of a service, with the reason in [`ServiceStatus::reason`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Not enabled.
+    Off,
+    /// Enabled, held stopped.
+    Stopped,
+    /// Wanted, not running yet: pulling, waiting, or blocked (see reason).
+    Waiting,
+    Starting,
+    /// Running; health checks pass or there are none.
+    Running,
+    /// Running, but a health check fails.
+    Unhealthy,
+    Failed,
+    Stopping,
+    /// On-demand and not running: starts at the first connection to its port.
+    Idle,
+}
+
+impl State {
+    /// Every state, in declaration order.
+    pub const ALL: [State; 9] = [
+        State::Off,
+        State::Stopped,
+        State::Waiting,
+        State::Starting,
+        State::Running,
+        State::Unhealthy,
+        State::Failed,
+        State::Stopping,
+        State::Idle,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Off => "off",
+            State::Stopped => "stopped",
+            State::Waiting => "waiting",
+            State::Starting => "starting",
+            State::Running => "running",
+            State::Unhealthy => "unhealthy",
+            State::Failed => "failed",
+            State::Stopping => "stopping",
+            State::Idle => "idle",
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a failed service failed, where berth knows the class: clients show a matching hint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Failure {
+    /// An image could not be pulled; `berth start NAME` (or enable) pulls again.
+    Pull,
+    /// The unit crashed or would not start.
+    Unit,
+    /// Its stable port cannot be served (taken by another program).
+    Port,
+    /// A dependency inside the service never became ready.
+    Dependency,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortStatus {
+    pub name: String,
+    pub port: u16,
+    pub url: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStatus {
+    pub name: String,
+    pub unit: String,
+    pub image: String,
+    /// Podman's state (`running`, `exited`…), or `absent`.
+    pub state: String,
+    /// `healthy`, `unhealthy`, `starting`; absent without a health check.
+    pub health: Option<String>,
+    /// RFC 3339 as Podman reports it.
+    pub started_at: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub description: String,
+    /// The user's choice as policy lets it stand.
+    pub choice: Choice,
+    pub state: State,
+    pub reason: Option<String>,
+    /// The class of a failure, when `state` is failed and berth knows it.
+    #[serde(default)]
+    pub failure: Option<Failure>,
+    /// The command that retries or fixes it, when there is one (`berth start demo`).
+    #[serde(default)]
+    pub hint: Option<String>,
+    pub unit: String,
+    /// systemd's ActiveState/SubState of the main unit, or `absent` when systemd has not
+    /// loaded it.
+    pub unit_state: String,
+    pub ports: Vec<PortStatus>,
+    pub containers: Vec<ContainerStatus>,
+    /// Automatic restarts systemd made of the main unit since it was last started by hand.
+    #[serde(default)]
+    pub restarts: u32,
+    /// When the service entered its current state (unix seconds), as far as this daemon saw.
+    #[serde(default)]
+    pub since: Option<u64>,
+    /// The last HTTP/TCP probe berth ran, if the catalog defines one.
+    #[serde(default)]
+    pub probe: Option<ProbeStatus>,
+    /// Policy makes this service required: the user cannot disable or stop it.
+    #[serde(default)]
+    pub locked: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeStatus {
+    pub ok: bool,
+    /// How long the probe took, in seconds.
+    pub seconds: f64,
+    /// `HTTP 200`, `connection refused`, `timed out after 5s`…
+    pub detail: String,
+    /// Unix seconds of the probe.
+    pub at: u64,
+}
+
+/// Everything berth knows about its services at one moment: what /metrics, the cloud push
+/// and the first event of every event stream are made from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Unix seconds.
+    pub taken_at: u64,
+    pub daemon: DaemonInfo,
+    pub services: Vec<ServiceStatus>,
+}
+
+/// Counters of the daemon's writes to the outside world, and of its passes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub passes: u64,
+    pub systemd_writes: u64,
+    pub podman_writes: u64,
+    pub file_writes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonInfo {
+    pub version: String,
+    pub pid: u32,
+    pub podman_version: Option<String>,
+    pub catalog_services: usize,
+    /// A short hash of every catalog and policy file in force.
+    #[serde(default)]
+    pub catalog_serial: String,
+    /// Set while a catalog layer or the policy is broken; see `catalog_in_force` for what
+    /// berth runs meanwhile.
+    pub catalog_error: Option<String>,
+    /// What is in force while `catalog_error` is set: the last good catalog, or every layer
+    /// that validates without the broken files.
+    #[serde(default)]
+    pub catalog_in_force: Option<String>,
+    /// Set while Podman's API is unreachable (services keep running; container details in the
+    /// states may be old).
+    #[serde(default)]
+    pub podman_error: Option<String>,
+    pub counters: Counters,
+}
+
+/// What one reconcile pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PassReport {
+    /// How long the pass took inside the daemon, in microseconds.
+    #[serde(default)]
+    pub duration_us: u64,
+    pub applied: Vec<String>,
+    /// Every error of the pass, as text.
+    pub errors: Vec<String>,
+    /// The errors of actions on one service, by service name (also in `errors`).
+    #[serde(default)]
+    pub service_errors: BTreeMap<String, Vec<String>>,
+    /// Errors that concern every service (a broken catalog, a failed daemon-reload…; also in
+    /// `errors`).
+    #[serde(default)]
+    pub general_errors: Vec<String>,
+    pub waiting: BTreeMap<String, String>,
+}
+
+impl PassReport {
+    /// An error that concerns no single service.
+    pub fn general_error(&mut self, e: String) {
+        self.errors.push(e.clone());
+        self.general_errors.push(e);
+    }
+
+    /// An error of an action on `service`.
+    pub fn service_error(&mut self, service: &str, e: String) {
+        self.errors.push(e.clone());
+        self.service_errors
+            .entry(service.to_string())
+            .or_default()
+            .push(e);
+    }
+
+    /// The errors that concern `service`: its own and the general ones, joined with "; ".
+    /// `None` when there are none.
+    pub fn errors_of(&self, service: &str) -> Option<String> {
+        let mine: Vec<&str> = self
+            .service_errors
+            .get(service)
+            .into_iter()
+            .flatten()
+            .chain(&self.general_errors)
+            .map(String::as_str)
+            .collect();
+        (!mine.is_empty()).then(|| mine.join("; "))
+    }
+}
+
+/// What a user (CLI, tray, page) can ask of one service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verb {
+    /// Turn it on; starts it if it is not running, retries it if it failed. Never restarts a
+    /// running service.
+    Enable,
+    /// Turn it off: stop it and remove its units; data volumes are kept.
+    Disable,
+    /// Like enable for a service that is on: start it if stopped, retry it if failed.
+    Start,
+    /// Hold it stopped until started again.
+    Stop,
+    /// Restart it, running or not.
+    Restart,
+}
+
+impl Verb {
+    pub const ALL: [Verb; 5] = [
+        Verb::Enable,
+        Verb::Disable,
+        Verb::Start,
+        Verb::Stop,
+        Verb::Restart,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verb::Enable => "enable",
+            Verb::Disable => "disable",
+            Verb::Start => "start",
+            Verb::Stop => "stop",
+            Verb::Restart => "restart",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Verb> {
+        Verb::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+impl fmt::Display for Verb {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The class of an API error, for clients that react to it (the text is for people).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    UnknownService,
+    Denied,
+    /// Policy requires the service: it cannot be disabled or stopped.
+    Required,
+    NotEnabled,
+    Catalog,
+    State,
+    /// The daemon is stopping.
+    Gone,
+    /// No such API path or action.
+    NotFound,
+    /// The request itself is wrong (bad name, bad query).
+    BadRequest,
+    /// The caller may not use this API (another user, a foreign web origin).
+    Forbidden,
+    /// An answer of a newer daemon this client does not know.
+    #[serde(other)]
+    Other,
+}
+
+/// The JSON body of every error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Absent in answers of daemons before error codes existed.
+    #[serde(default = "other_code")]
+    pub code: ErrorCode,
+    pub error: String,
+}
+
+fn other_code() -> ErrorCode {
+    ErrorCode::Other
+}
+
+/// The answer to `POST /v1/catalog/reload`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadAnswer {
+    pub services: usize,
+}
+
+/// The longest service name.
+pub const MAX_NAME: usize = 32;
+
+/// Whether `s` can be a service name: `[a-z][a-z0-9-]*`, at most [`MAX_NAME`] characters, no
+/// `--` (berth's unit names use it to separate a service from its container) and no trailing
+/// `-`. Clients check names before they put them into a URL.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_NAME
+        && s.as_bytes()[0].is_ascii_lowercase()
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.ends_with('-')
+        && !s.contains("--")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_of_a_service_are_its_own_and_the_general_ones() {
+        let mut r = PassReport::default();
+        assert_eq!(r.errors_of("a"), None);
+        r.service_error("ab", "start berth-ab.service: boom".into());
+        // A name that is a prefix of another service's is not confused with it.
+        assert_eq!(r.errors_of("a"), None);
+        r.service_error("a", "start berth-a.service: no image".into());
+        assert_eq!(
+            r.errors_of("a").as_deref(),
+            Some("start berth-a.service: no image")
+        );
+        r.general_error("reload systemd: timeout".into());
+        assert_eq!(
+            r.errors_of("ab").as_deref(),
+            Some("start berth-ab.service: boom; reload systemd: timeout")
+        );
+        assert_eq!(r.errors.len(), 3);
+    }
+
+    #[test]
+    fn verbs_round_trip_their_names() {
+        for v in Verb::ALL {
+            assert_eq!(Verb::parse(v.as_str()), Some(v));
+        }
+        assert_eq!(Verb::parse("explode"), None);
+    }
+
+    #[test]
+    fn error_bodies_of_older_daemons_and_unknown_codes_decode() {
+        let old: ErrorBody = serde_json::from_str(r#"{"error":"boom"}"#).expect("old body");
+        assert_eq!(old.code, ErrorCode::Other);
+        let newer: ErrorBody =
+            serde_json::from_str(r#"{"code":"quota_exceeded","error":"x"}"#).expect("new code");
+        assert_eq!(newer.code, ErrorCode::Other);
+        let known: ErrorBody =
+            serde_json::from_str(r#"{"code":"unknown_service","error":"x"}"#).expect("known");
+        assert_eq!(known.code, ErrorCode::UnknownService);
+    }
+
+    #[test]
+    fn states_list_every_variant_once() {
+        let names: std::collections::BTreeSet<&str> =
+            State::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(names.len(), State::ALL.len());
+    }
+}

@@ -1,0 +1,294 @@
+//! The catalog in force, and what to do when its files are broken.
+//!
+//! - A reload whose files validate replaces the catalog, and a copy of the admin files that
+//!   made it is kept on disk (atomically) as the *last good* one.
+//! - A reload that does not validate changes nothing: the catalog in force stays, and the
+//!   error (every problem with file:line) is on display until the files are fixed.
+//! - At start there is nothing in force yet. Then the last good copy is used (with today's
+//!   built-in catalog); without one, every file that validates is served and only the
+//!   broken files' services are left out. A broken policy with no good copy leaves berth
+//!   holding: it shows the services but applies nothing, because the default policy does not
+//!   know what the administrator meant to deny.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::catalog::{self, Catalog, CatalogError, LayerSources, Layers, Source};
+use crate::files::Files;
+
+/// The layer files' modification times, to notice a change on disk.
+pub(super) type Stamp = Vec<(PathBuf, Option<SystemTime>)>;
+
+/// What is in force and what is wrong.
+#[derive(Debug)]
+pub(super) struct CatalogState {
+    pub current: Arc<Catalog>,
+    /// What is wrong with the newest catalog files; every problem with file:line.
+    pub error: Option<String>,
+    /// What berth runs meanwhile, said in words, while `error` is set.
+    pub in_force: Option<String>,
+    /// No catalog berth may apply: nothing is started, stopped or removed.
+    pub hold: bool,
+    stamp: Stamp,
+    last_good: PathBuf,
+}
+
+/// The admin files of a catalog that validated, as kept on disk.
+#[derive(Debug, Serialize, Deserialize)]
+struct LastGood {
+    serial: String,
+    saved_at: u64,
+    policy: Option<SourceCopy>,
+    files: Vec<SourceCopy>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SourceCopy {
+    path: PathBuf,
+    text: String,
+}
+
+impl SourceCopy {
+    fn of(s: &Source) -> Self {
+        SourceCopy {
+            path: s.path.clone(),
+            text: s.text.clone(),
+        }
+    }
+
+    fn source(&self) -> Source {
+        Source::new(self.path.clone(), self.text.clone())
+    }
+}
+
+/// Reads the layers under `etc` (blocking).
+fn read(etc: &Path) -> (Result<LayerSources, CatalogError>, Stamp) {
+    match Layers::standard(etc) {
+        Ok(layers) => {
+            let stamp = stamp(&layers);
+            (Ok(catalog::read_layers(&layers)), stamp)
+        }
+        Err(e) => (Err(e), Vec::new()),
+    }
+}
+
+fn stamp(layers: &Layers) -> Stamp {
+    layers
+        .files
+        .iter()
+        .chain(&layers.policy)
+        .map(|p| {
+            let t = std::fs::metadata(p).and_then(|m| m.modified()).ok();
+            (p.clone(), t)
+        })
+        .collect()
+}
+
+/// Validates what was read; a file that could not be read fails it like a broken one.
+fn validate(src: &LayerSources) -> Result<Catalog, CatalogError> {
+    if !src.unreadable.is_empty() {
+        return Err(CatalogError::Invalid(src.unreadable.clone()));
+    }
+    catalog::from_sources(src.policy.as_ref(), &src.files)
+}
+
+fn describe(e: &CatalogError) -> String {
+    match e {
+        CatalogError::Read { .. } => {
+            let cause = std::error::Error::source(e)
+                .map(|s| format!(": {s}"))
+                .unwrap_or_default();
+            format!("{e}{cause}")
+        }
+        CatalogError::Invalid(_) => e.to_string(),
+    }
+}
+
+fn count(n: usize) -> String {
+    format!("{n} service{}", if n == 1 { "" } else { "s" })
+}
+
+impl CatalogState {
+    /// The catalog at the daemon's start (see the module's rules).
+    pub async fn boot(etc: &Path, files: &impl Files, last_good: PathBuf, now: u64) -> Self {
+        let etc_owned = etc.to_path_buf();
+        let (read, stamp) = tokio::task::spawn_blocking(move || read(&etc_owned))
+            .await
+            .unwrap_or_else(|_| (Ok(LayerSources::default()), Vec::new()));
+        let mut st = CatalogState {
+            current: Arc::new(Catalog::default()),
+            error: None,
+            in_force: None,
+            hold: false,
+            stamp,
+            last_good,
+        };
+        let src = match read {
+            Ok(src) => src,
+            Err(e) => {
+                // The admin directory itself cannot be listed: fall back like a broken file.
+                st.fall_back(
+                    files,
+                    describe(&e),
+                    LayerSources {
+                        files: catalog::builtin_sources(),
+                        ..LayerSources::default()
+                    },
+                )
+                .await;
+                return st;
+            }
+        };
+        match validate(&src) {
+            Ok(c) => st.accept(files, c, &src, now).await,
+            Err(e) => st.fall_back(files, describe(&e), src).await,
+        }
+        st
+    }
+
+    /// Without anything in force: the last good copy, else every layer that validates.
+    async fn fall_back(&mut self, files: &impl Files, error: String, src: LayerSources) {
+        warn!("the catalog is broken: {error}");
+        self.error = Some(error);
+        if let Some((c, saved_at)) = self.last_good_copy(files).await {
+            let n = c.services.len();
+            self.in_force = Some(format!(
+                "the last good catalog, kept since {} ({}, serial {})",
+                crate::clock::format_unix(saved_at),
+                count(n),
+                c.serial
+            ));
+            info!("serving the last good catalog");
+            self.current = Arc::new(c);
+            return;
+        }
+        let partial = tokio::task::spawn_blocking(move || catalog::load_partial(&src))
+            .await
+            .ok();
+        let Some(partial) = partial else { return };
+        let left_out: Vec<String> = partial
+            .rejected
+            .iter()
+            .map(|(f, _)| f.display().to_string())
+            .collect();
+        let n = partial.catalog.services.len();
+        if partial.policy_broken {
+            self.hold = true;
+            self.in_force = Some(format!(
+                "nothing: the policy is broken and there is no last good catalog, so berth \
+                 shows {} but starts, stops and removes nothing until it is fixed",
+                count(n)
+            ));
+        } else {
+            self.in_force = Some(format!(
+                "every layer that validates ({}); left out: {}",
+                count(n),
+                left_out.join(", ")
+            ));
+        }
+        self.current = Arc::new(partial.catalog);
+    }
+
+    async fn last_good_copy(&self, files: &impl Files) -> Option<(Catalog, u64)> {
+        let bytes = files.read(&self.last_good).await.ok().flatten()?;
+        let kept: LastGood = match serde_json::from_slice(&bytes) {
+            Ok(k) => k,
+            Err(err) => {
+                warn!(path = %self.last_good.display(), %err, "the last good catalog copy is unreadable");
+                return None;
+            }
+        };
+        let mut sources = catalog::builtin_sources();
+        sources.extend(kept.files.iter().map(SourceCopy::source));
+        let policy = kept.policy.as_ref().map(SourceCopy::source);
+        match catalog::from_sources(policy.as_ref(), &sources) {
+            Ok(c) => Some((c, kept.saved_at)),
+            Err(e) => {
+                // E.g. a newer built-in catalog that clashes with the old admin files.
+                warn!("the last good catalog does not validate with this berth: {e}");
+                None
+            }
+        }
+    }
+
+    /// Puts a catalog that validated in force and keeps its admin files as the last good copy.
+    async fn accept(&mut self, files: &impl Files, c: Catalog, src: &LayerSources, now: u64) {
+        let kept_serial = match files.read(&self.last_good).await {
+            Ok(Some(b)) => serde_json::from_slice::<LastGood>(&b)
+                .ok()
+                .map(|k| k.serial),
+            _ => None,
+        };
+        if kept_serial.as_deref() != Some(c.serial.as_str()) {
+            let copy = LastGood {
+                serial: c.serial.clone(),
+                saved_at: now,
+                policy: src.policy.as_ref().map(SourceCopy::of),
+                files: src.admin_files().map(SourceCopy::of).collect(),
+            };
+            let written = match serde_json::to_vec_pretty(&copy) {
+                Ok(bytes) => files.write(&self.last_good, bytes, 0o600).await,
+                Err(e) => Err(std::io::Error::other(e)),
+            };
+            if let Err(err) = written {
+                warn!(path = %self.last_good.display(), %err, "cannot keep a copy of the good catalog");
+            }
+        }
+        self.current = Arc::new(c);
+        self.error = None;
+        self.in_force = None;
+        self.hold = false;
+    }
+
+    /// Reads the layers again. A catalog that does not validate changes nothing; the error
+    /// stays on display.
+    pub async fn reload(
+        &mut self,
+        etc: &Path,
+        files: &impl Files,
+        now: u64,
+    ) -> Result<usize, String> {
+        let etc_owned = etc.to_path_buf();
+        let (read, stamp) = tokio::task::spawn_blocking(move || read(&etc_owned))
+            .await
+            .unwrap_or_else(|_| (Ok(LayerSources::default()), Vec::new()));
+        self.stamp = stamp;
+        let result = read.and_then(|src| validate(&src).map(|c| (c, src)));
+        match result {
+            Ok((c, src)) => {
+                let n = c.services.len();
+                self.accept(files, c, &src, now).await;
+                Ok(n)
+            }
+            Err(e) => {
+                let msg = describe(&e);
+                if !self.hold && self.in_force.is_none() {
+                    self.in_force = Some(format!(
+                        "the catalog in force before ({}, serial {})",
+                        count(self.current.services.len()),
+                        self.current.serial
+                    ));
+                }
+                self.error = Some(msg.clone());
+                Err(msg)
+            }
+        }
+    }
+
+    /// Whether a layer file changed on disk since the last read (blocking metadata reads on
+    /// the blocking pool).
+    pub async fn changed_on_disk(&self, etc: &Path) -> bool {
+        let etc = etc.to_path_buf();
+        let known = self.stamp.clone();
+        tokio::task::spawn_blocking(move || match Layers::standard(&etc) {
+            Ok(l) => stamp(&l) != known,
+            Err(_) => false,
+        })
+        .await
+        .unwrap_or(false)
+    }
+}

@@ -1,0 +1,97 @@
+//! What the world should look like, from the catalog, policy and the user's choices. Pure.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::catalog::{Catalog, Gpu};
+use crate::plan::{Desired, DesiredService};
+use crate::proxy::ports::PortSpec;
+use crate::state::{Choice, UserState};
+use crate::units::{self, RenderCtx};
+
+/// The user's choice as policy lets it stand: a denied service is off.
+pub(super) fn choice(catalog: &Catalog, state: &UserState, name: &str) -> Choice {
+    let policy = &catalog.policy;
+    if policy.denied_services.iter().any(|d| d == name) {
+        Choice::Off
+    } else {
+        state.choice(name, &policy.default_enabled)
+    }
+}
+
+/// What the user asked for beyond their choices, consumed by the next pass.
+#[derive(Debug, Default)]
+pub(super) struct Intent {
+    /// Restart even if running (`berth restart`).
+    pub force: BTreeSet<String>,
+    /// Start if not running and retry if failed, never restart (`enable`, `start`, a client
+    /// connecting to an on-demand service).
+    pub retry: BTreeSet<String>,
+    /// On-demand services that were asked for and not idle since.
+    pub awake: BTreeSet<String>,
+}
+
+/// Why a service must not start, whatever the user chose.
+pub(super) fn blocked(svc: &crate::catalog::Service, ctx: &RenderCtx) -> Option<String> {
+    (svc.gpu == Gpu::Required && !ctx.gpu_available)
+        .then(|| "needs a GPU and none was found".to_string())
+}
+
+pub(super) fn desired(
+    catalog: &Catalog,
+    state: &UserState,
+    intent: &Intent,
+    ctx: &RenderCtx,
+) -> Desired {
+    let mut services = BTreeMap::new();
+    for (name, svc) in &catalog.services {
+        let mut choice = choice(catalog, state, name);
+        // An on-demand service runs only between a connection and its idle stop.
+        if svc.on_demand && choice == Choice::On && !intent.awake.contains(name) {
+            choice = Choice::Stopped;
+        }
+        services.insert(
+            name.clone(),
+            DesiredService {
+                choice,
+                // Units of a service that is off are never read by the planner.
+                units: if choice == Choice::Off {
+                    Vec::new()
+                } else {
+                    units::render(svc, ctx)
+                },
+                images: svc.images().map(str::to_string).collect(),
+                uses: svc.uses.clone(),
+                blocked: blocked(svc, ctx),
+                force: intent.force.contains(name),
+                retry: intent.retry.contains(name),
+            },
+        );
+    }
+    Desired { services }
+}
+
+/// The stable ports the proxy should serve: every port of every service the user wants
+/// (on-demand ones included, running or not).
+pub(super) fn port_specs(catalog: &Catalog, state: &UserState) -> Vec<PortSpec> {
+    let mut specs = Vec::new();
+    for (name, svc) in &catalog.services {
+        if choice(catalog, state, name) != Choice::On {
+            continue;
+        }
+        for ctr in &svc.containers {
+            for p in &ctr.ports {
+                specs.push(PortSpec {
+                    service: name.clone(),
+                    name: p.name.clone(),
+                    port: p.host,
+                    container_port: p.container,
+                    container: units::container_name(svc, &svc.containers[0]),
+                    on_demand: svc.on_demand,
+                    idle_stop: svc.idle_stop,
+                    start_wait: svc.start_timeout,
+                });
+            }
+        }
+    }
+    specs
+}

@@ -1,0 +1,208 @@
+//! The engine's loop: one task, one thing at a time. It wakes for a command, a unit signal
+//! (debounced into one pass), a finished pull or probe, the health tick (refresh statuses),
+//! the probe tick (start due probes) and the slow safety tick (look for catalog changes on
+//! disk, then a pass).
+
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use super::probes::ProbeDone;
+use super::pulls::PullDone;
+use super::{Command, Engine, SAFETY_INTERVAL};
+use crate::clock::Clock;
+use crate::files::Files;
+use crate::health;
+use crate::podman::Podman;
+use crate::systemd::Systemd;
+
+/// Unit signals within this window become one pass.
+const DEBOUNCE: Duration = Duration::from_millis(300);
+
+enum Wake {
+    Command(Command),
+    UnitsChanged,
+    Pull(PullDone),
+    Probe(ProbeDone),
+    HealthTick,
+    ProbeTick,
+    SafetyTick,
+    Debounced,
+    Closed,
+}
+
+impl<S, P, F, C> Engine<S, P, F, C>
+where
+    S: Systemd + 'static,
+    P: Podman + Clone + 'static,
+    F: Files,
+    C: Clock,
+{
+    /// A pass, then a fresh look at every service.
+    async fn pass_and_refresh(&mut self) -> berth_proto::PassReport {
+        let report = self.pass().await;
+        self.refresh_all().await;
+        report
+    }
+
+    async fn refresh_all(&mut self) {
+        if let Err(err) = self.refresh(None).await {
+            warn!(%err, "cannot refresh the services' states: {err}");
+        }
+    }
+
+    async fn reload_catalog(&mut self) -> Result<usize, super::EngineError> {
+        let now = self.now();
+        let r = self
+            .catalog
+            .reload(self.paths.etc(), &self.edges.files, now)
+            .await;
+        match &r {
+            Ok(n) => {
+                info!(services = n, "catalog reloaded: {n} services");
+                self.out.catalog.send_replace(self.catalog.current.clone());
+            }
+            Err(e) => warn!(err = %e, "catalog change rejected, nothing changed: {e}"),
+        }
+        r.map_err(super::EngineError::Catalog)
+    }
+
+    /// Runs the engine until every [`super::Handle`] is dropped.
+    pub async fn run(mut self) {
+        let Some(mut intake) = self.intake.take() else {
+            return;
+        };
+        // Probes keep their own intervals; this only looks for due ones.
+        let mut probe_tick = tokio::time::interval(Duration::from_secs(1));
+        probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut health_tick = tokio::time::interval(health::TICK);
+        health_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut safety_tick = tokio::time::interval(SAFETY_INTERVAL);
+        safety_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut dirty_since: Option<tokio::time::Instant> = None;
+        loop {
+            let until = dirty_since.map(|t| t + DEBOUNCE);
+            let wake = tokio::select! {
+                c = intake.commands.recv() => c.map_or(Wake::Closed, Wake::Command),
+                () = intake.units_changed.notified() => Wake::UnitsChanged,
+                Some(d) = intake.pulls.recv() => Wake::Pull(d),
+                Some(d) = intake.probes.recv() => Wake::Probe(d),
+                _ = health_tick.tick() => Wake::HealthTick,
+                _ = probe_tick.tick() => Wake::ProbeTick,
+                _ = safety_tick.tick() => Wake::SafetyTick,
+                () = async {
+                    match until {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
+                    }
+                } => Wake::Debounced,
+            };
+            match wake {
+                Wake::Closed => break,
+                Wake::Command(c) => self.command(c).await,
+                Wake::UnitsChanged => {
+                    dirty_since.get_or_insert_with(tokio::time::Instant::now);
+                }
+                Wake::Debounced => {
+                    dirty_since = None;
+                    self.pass_and_refresh().await;
+                }
+                Wake::Pull(d) => {
+                    let now = self.now();
+                    self.pulls.done(&d, now, &self.edges.files).await;
+                    self.pass_and_refresh().await;
+                }
+                Wake::Probe(d) => {
+                    if self.probes.done(d) {
+                        self.refresh_all().await;
+                    }
+                }
+                Wake::HealthTick => {
+                    self.refresh_all().await;
+                    self.start_probes();
+                }
+                Wake::ProbeTick => self.start_probes(),
+                Wake::SafetyTick => {
+                    if self.catalog.changed_on_disk(self.paths.etc()).await {
+                        // Rejected changes are logged and on display; the pass runs anyway.
+                        let _kept_last_good = self.reload_catalog().await;
+                    }
+                    self.pass_and_refresh().await;
+                }
+            }
+        }
+    }
+
+    fn start_probes(&mut self) {
+        let now = self.now();
+        let catalog = self.catalog.current.clone();
+        self.probes.start_due(
+            &catalog,
+            &self.seen,
+            &self.inspected,
+            &self.edges.podman,
+            now,
+        );
+    }
+
+    async fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Act {
+                service,
+                verb,
+                reply,
+            } => {
+                let r = match self.act(&service, verb).await {
+                    Ok(()) => Ok(self.pass_and_refresh().await),
+                    Err(e) => Err(e),
+                };
+                let _caller_may_have_left = reply.send(r);
+            }
+            Command::Reconcile { reply } => {
+                let r = self.pass_and_refresh().await;
+                if let Some(reply) = reply {
+                    let _caller_may_have_left = reply.send(r);
+                }
+            }
+            Command::Plan { reply } => {
+                let r = self.plan().await;
+                let _caller_may_have_left = reply.send(r);
+            }
+            Command::Status { service, reply } => {
+                let r = self.refresh(service.as_deref()).await;
+                let _caller_may_have_left = reply.send(r);
+            }
+            Command::Info { reply } => {
+                let r = self.info().await;
+                let _caller_may_have_left = reply.send(r);
+            }
+            Command::ReloadCatalog { reply } => {
+                let r = self.reload_catalog().await;
+                if r.is_ok() {
+                    self.pass_and_refresh().await;
+                }
+                if let Some(reply) = reply {
+                    let _caller_may_have_left = reply.send(r);
+                }
+            }
+            Command::Demand { service, reply } => {
+                let r = self.demand(&service).await;
+                let _caller_may_have_left = reply.send(r);
+                self.refresh_all().await;
+            }
+            Command::Idle { service } => {
+                if self.intent.awake.remove(&service) {
+                    info!(%service, "{service} is idle: stopping it");
+                    self.pass_and_refresh().await;
+                }
+            }
+            Command::Subscribe { reply } => {
+                let snapshot = self.current_snapshot().await;
+                // Subscribed here, in the engine's own task: no event can slip in between
+                // the snapshot and the first event the subscriber sees.
+                let rx = self.out.events.subscribe();
+                let _caller_may_have_left = reply.send((snapshot, rx));
+            }
+        }
+    }
+}
