@@ -1,8 +1,8 @@
 #!/usr/bin/python3
 """Ollama stand-in: `ollama serve` answers Ollama's read-only API; `ollama list` asks it.
 
-Every request is logged on stdout (`GET /api/tags from 10.0.2.100`), so a test can see
-that a client really reached it.
+Every request is logged on stdout with its client (`GET /api/version from 127.0.0.1 by
+Python/3.11 aiohttp/3.13.5`), so a test can see which client really reached it.
 """
 import http.server
 import json
@@ -34,7 +34,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(data)
 
     def do_GET(self):
-        print(f"{self.command} {self.path} from {self.client_address[0]}", flush=True)
+        agent = self.headers.get("User-Agent", "-")
+        print(f"{self.command} {self.path} from {self.client_address[0]} by {agent}", flush=True)
         path = self.path.split("?")[0]
         if path == "/":
             data = b"Ollama is running"
