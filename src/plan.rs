@@ -185,7 +185,11 @@ pub fn plan(desired: &Desired, actual: &Actual) -> Plan {
             if d.retry {
                 let mut acts = Vec::new();
                 for u in d.units.iter().skip(1) {
-                    if actual.units.get(&u.name).is_some_and(|s| s.active == "failed") {
+                    if actual
+                        .units
+                        .get(&u.name)
+                        .is_some_and(|s| s.active == "failed")
+                    {
                         acts.push(Action::ResetFailed {
                             service: name.clone(),
                             unit: u.name.clone(),
