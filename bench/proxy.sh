@@ -49,6 +49,13 @@
 # same conditions. On a shared or noisy machine use more rounds: the order of
 # the paths rotates per round and the table shows medians.
 #
+# Storm (BERTH_BENCH_STORM=1, about 90 s more): the berth path again under a
+# reconcile storm (another service enabled and disabled in a loop: unit files,
+# state file and secrets written with fsync, daemon-reloads, starts, stops),
+# once with the stable ports beside the engine on berth's one thread and once
+# on a thread of their own (BERTH_PROXY_THREAD=1), against the same without a
+# storm: which layout keeps the data path steady while the engine works.
+#
 # Knobs: BERTH_BENCH_ROUNDS (default 1; each adds about 90 s), BERTH_BENCH_SECS
 # (seconds per iperf3 and wrk run, default 5), BERTH_BENCH_PORT (first port,
 # default 18600), BERTH_BENCH_PATHS (which paths, default "direct berth
@@ -63,6 +70,7 @@ PATHS=${BERTH_BENCH_PATHS:-direct berth socket-proxyd socat haproxy}
 readonly PATHS
 readonly ROUNDS=${BERTH_BENCH_ROUNDS:-1}
 readonly COLD_RUNS=${BERTH_BENCH_COLD_RUNS:-5}
+readonly STORM=${BERTH_BENCH_STORM:-0}
 readonly GOAL_BULK=0.85
 readonly GOAL_RPS=0.80
 readonly GOAL_COLD_MS=50
@@ -122,7 +130,9 @@ inner_cleanup() {
         wait "$pid" 2>/dev/null || true
     done
     podman rm -f -t 0 berth-bench-cold-direct >/dev/null 2>&1
+    storm_stop
     if bench_daemon_running; then
+        b disable bench-storm >/dev/null 2>&1 || true
         b disable bench-web >/dev/null 2>&1 || echo "bench/proxy.sh: disable bench-web failed" >&2
         b disable bench-cold >/dev/null 2>&1 || echo "bench/proxy.sh: disable bench-cold failed" >&2
         bench_daemon_stop
@@ -222,6 +232,98 @@ name = "http"
 host = $COLD_PORT
 container = 8080
 CAT
+}
+
+storm_catalog() {
+    cat <<CAT
+name = "bench-storm"
+description = "proxy benchmark: toggled on and off to keep the engine busy"
+secrets = ["token"]
+
+[[containers]]
+name = "web"
+image = "$COLD_IMAGE"
+init = true
+env = { TOKEN = "\${secret.token}" }
+
+[[containers.ports]]
+name = "http"
+host = $((PORT + 14))
+container = 8080
+CAT
+}
+
+storm_pid=""
+
+# Keeps the engine busy until storm_stop: bench-storm enabled and disabled in a loop.
+storm_start() {
+    setsid bash -c 'while :; do "$@" enable bench-storm --no-pull --settle 0; "$@" disable bench-storm; done' \
+        storm env BERTH_ETC_DIR="$bench_work/etc" XDG_STATE_HOME="$bench_work/state" \
+        BERTH_SOCKET="$bench_work/api.sock" "$bench_bin" >"$bench_work/storm.log" 2>&1 &
+    storm_pid=$!
+    pids+=("$storm_pid")
+}
+
+storm_stop() {
+    [[ -n $storm_pid ]] || return 0
+    kill -TERM -- "-$storm_pid" 2>/dev/null || true
+    wait "$storm_pid" 2>/dev/null || true
+    storm_pid=""
+}
+
+# How many toggles the storm made so far (passes with writes, as the daemon counts them).
+storm_writes() {
+    b info --json | sed -n 's/^ *"file_writes": *\([0-9]*\).*/\1/p'
+}
+
+# berth's path alone under each runtime layout, with and without a storm.
+storm_compare() {
+    local layout storm v w0 w1
+    declare -A sg s16 s64 sw
+    storm_catalog >"$bench_work/etc/catalog.d/bench-storm.toml"
+    for layout in single thread; do
+        bench_daemon_stop
+        if [[ $layout == thread ]]; then
+            bench_daemon_start BERTH_PROXY_THREAD=1
+        else
+            # shellcheck disable=SC2119 # no extra environment for the daemon here
+            bench_daemon_start
+        fi
+        local deadline=$((SECONDS + 60))
+        until curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:${http_port[berth]}/" 2>/dev/null; do
+            ((SECONDS < deadline)) || die "no page through berth within 60 s after a restart"
+            sleep 0.2
+        done
+        for storm in quiet storm; do
+            w0=$(storm_writes)
+            [[ $storm == quiet ]] || storm_start
+            sleep 1
+            log "storm comparison: $layout, $storm: iperf3, wrk -c16, wrk -c64"
+            sg[$layout-$storm]=$(bulk "${bulk_port[berth]}")
+            http "${http_port[berth]}" 16 1 >/dev/null
+            s16[$layout-$storm]=$(http "${http_port[berth]}" 16)
+            s64[$layout-$storm]=$(http "${http_port[berth]}" 64)
+            storm_stop
+            w1=$(storm_writes)
+            sw[$layout-$storm]=$((w1 - w0))
+            b disable bench-storm >/dev/null 2>&1 || true
+        done
+    done
+    echo
+    printf '%-22s | %13s | %26s | %26s | %s\n' "berth, layout / engine" "iperf3 Gbit/s" \
+        "wrk c16 req/s (p50/p99)" "wrk c64 req/s (p50/p99)" "engine file writes"
+    printf -- '-----------------------|---------------|----------------------------|----------------------------|-------------------\n'
+    for layout in single thread; do
+        for storm in quiet storm; do
+            local r16 a16 b16 r64 a64 b64
+            read -r r16 a16 b16 _ <<<"${s16[$layout-$storm]}"
+            read -r r64 a64 b64 _ <<<"${s64[$layout-$storm]}"
+            printf '%-22s | %13s | %26s | %26s | %s\n' "$layout, $storm" "${sg[$layout-$storm]}" \
+                "$(printf '%.0f (%s/%s)' "$r16" "$a16" "$b16" 2>/dev/null || echo nan)" \
+                "$(printf '%.0f (%s/%s)' "$r64" "$a64" "$b64" 2>/dev/null || echo nan)" \
+                "${sw[$layout-$storm]}"
+        done
+    done
 }
 
 # The host port Podman published for the bench container's CONTAINER_PORT.
@@ -543,6 +645,7 @@ inner() {
         "Podman $(podman version -f '{{.Client.Version}}' 2>/dev/null || echo '?')"
     [[ -z $PATHS ]] || report_rates
     report_cold "$cold_b" "$cold_d"
+    [[ $STORM != 1 ]] || storm_compare
 }
 
 report_cold() {
@@ -673,4 +776,4 @@ install_tools
 bench_prepare "$repo"
 build_web_image "$bench_user"
 bench_run_as_user "$repo" "$repo/bench/proxy.sh" BERTH_BENCH_SECS BERTH_BENCH_PORT \
-    BERTH_BENCH_PATHS BERTH_BENCH_ROUNDS BERTH_BENCH_COLD_RUNS
+    BERTH_BENCH_PATHS BERTH_BENCH_ROUNDS BERTH_BENCH_COLD_RUNS BERTH_BENCH_STORM

@@ -38,6 +38,8 @@ pub struct ApiState<P> {
     pub metrics: Arc<crate::metrics::Sources>,
     /// Turns true when the daemon stops: open event streams end then.
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// The local web page, to hand out login links: `Err` says why there is none.
+    pub web: Result<crate::web::WebLink, String>,
 }
 
 /// One place that decides the HTTP status and code of each engine error. No `_` arm: a new
@@ -69,7 +71,7 @@ fn error(status: StatusCode, code: ErrorCode, message: String) -> Response {
         .into_response()
 }
 
-struct ApiError(EngineError);
+pub(crate) struct ApiError(EngineError);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -98,6 +100,7 @@ pub fn router<P: Podman + Clone + 'static>(state: ApiState<P>) -> Router {
         .route("/v1/plan", get(plan::<P>))
         .route("/v1/reconcile", post(reconcile::<P>))
         .route("/v1/catalog/reload", post(reload::<P>))
+        .route("/v1/web/session", post(web_session::<P>))
         .route("/metrics", get(metrics::<P>))
         .fallback(not_found)
         .with_state(state)
@@ -133,7 +136,7 @@ async fn one<P: Podman + Clone + 'static>(
         .ok_or(ApiError(EngineError::UnknownService(name)))
 }
 
-async fn verb<P: Podman + Clone + 'static>(
+pub(crate) async fn verb<P: Podman + Clone + 'static>(
     AxState(s): AxState<ApiState<P>>,
     UrlPath((name, verb)): UrlPath<(String, String)>,
 ) -> Result<Response, ApiError> {
@@ -168,13 +171,40 @@ async fn reload<P: Podman + Clone + 'static>(
     Ok(Json(ReloadAnswer { services }))
 }
 
+#[derive(Debug, Deserialize)]
+pub struct WebSessionQuery {
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+/// A one-time login link to the local web page (for the tray and `berth dashboard`).
+async fn web_session<P: Podman + Clone + 'static>(
+    AxState(s): AxState<ApiState<P>>,
+    Query(q): Query<WebSessionQuery>,
+) -> Response {
+    let link = match &s.web {
+        Ok(l) => l,
+        Err(why) => {
+            return error(StatusCode::CONFLICT, ErrorCode::Unavailable, why.clone());
+        }
+    };
+    match link.login_url(q.path.as_deref().unwrap_or("/")) {
+        Ok(url) => Json(berth_proto::WebSession { url }).into_response(),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::State,
+            format!("cannot make a login link: {e}"),
+        ),
+    }
+}
+
 async fn metrics<P: Podman + Clone + 'static>(AxState(s): AxState<ApiState<P>>) -> Response {
     crate::metrics::render(&s.metrics)
 }
 
 /// The event stream as server-sent events: a snapshot first, then every event; a client that
 /// fell behind gets a fresh snapshot in place of what it missed.
-async fn events<P: Podman + Clone + 'static>(
+pub(crate) async fn events<P: Podman + Clone + 'static>(
     AxState(s): AxState<ApiState<P>>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let (snapshot, rx) = s.engine.subscribe().await?;
@@ -286,7 +316,7 @@ pub struct LogsQuery {
     pub tail: Option<usize>,
 }
 
-async fn logs<P: Podman + Clone + 'static>(
+pub(crate) async fn logs<P: Podman + Clone + 'static>(
     AxState(s): AxState<ApiState<P>>,
     UrlPath(name): UrlPath<String>,
     Query(q): Query<LogsQuery>,

@@ -35,6 +35,9 @@ pub enum Cmd {
     Ls {
         #[arg(long)]
         json: bool,
+        /// Keep the list on screen and redraw it at every change (from the event stream).
+        #[arg(long, conflicts_with = "json")]
+        watch: bool,
     },
     /// Show one service in detail.
     Status {
@@ -66,6 +69,15 @@ pub enum Cmd {
         name: String,
         #[command(flatten)]
         settle: Settle,
+    },
+    /// Open the local web page (the dashboard) in your browser, logged in.
+    Dashboard {
+        /// Print the one-time login link instead of opening a browser.
+        #[arg(long)]
+        print: bool,
+        /// Open it on this service's logs.
+        #[arg(long, value_name = "NAME")]
+        logs: Option<String>,
     },
     /// Show a service's container logs.
     Logs {
@@ -175,7 +187,13 @@ pub async fn run(cli: Cli) -> Result<()> {
             };
             crate::daemon::start(shutdown).await.context("berth daemon")
         }
-        Cmd::Ls { json } => ls(json).await,
+        Cmd::Ls { json, watch } => {
+            if watch {
+                ls_watch().await
+            } else {
+                ls(json).await
+            }
+        }
         Cmd::Status { name, json } => status(&name, json).await,
         Cmd::Enable {
             name,
@@ -214,6 +232,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Pull { name } => pull(&name, false).await,
+        Cmd::Dashboard { print, logs } => dashboard(print, logs.as_deref()).await,
         Cmd::Plan { json } => {
             let p = client()?.plan().await?;
             if json {
@@ -252,6 +271,11 @@ pub async fn run(cli: Cli) -> Result<()> {
                 );
                 if let Some(e) = &i.podman_error {
                     println!("podman error: {e}");
+                }
+                match (&i.web_url, &i.web_error) {
+                    (Some(u), _) => println!("web page: {u} (`berth dashboard` opens it)"),
+                    (None, Some(e)) => println!("web page: {e}"),
+                    (None, None) => {}
                 }
                 println!(
                     "catalog: {} services (serial {})",
@@ -421,20 +445,82 @@ async fn ls(json: bool) -> Result<()> {
     }
     let info = c.daemon().await?;
     warn_about(&info);
-    println!(
-        "{:<14} {:<9} {:<10} {:<22} REASON",
+    print!("{}", table(&list));
+    Ok(())
+}
+
+/// The service list as `berth ls` prints it.
+fn table(list: &[ServiceStatus]) -> String {
+    let mut out = format!(
+        "{:<14} {:<9} {:<10} {:<22} REASON\n",
         "NAME", "CHOICE", "STATE", "PORTS"
     );
     for s in list {
         let ports: Vec<String> = s.ports.iter().map(|p| p.port.to_string()).collect();
-        println!(
-            "{:<14} {:<9} {:<10} {:<22} {}",
+        out.push_str(&format!(
+            "{:<14} {:<9} {:<10} {:<22} {}\n",
             s.name,
             s.choice.as_str(),
             s.state.as_str(),
             ports.join(","),
-            s.reason.unwrap_or_default()
-        );
+            s.reason.as_deref().unwrap_or_default()
+        ));
+    }
+    out
+}
+
+/// `berth ls --watch`: the list, redrawn at every event, until the daemon goes away.
+async fn ls_watch() -> Result<()> {
+    use std::io::IsTerminal as _;
+    let c = client()?;
+    let mut events = c.events().await?;
+    let mut picture = berth_proto::Snapshot {
+        taken_at: 0,
+        daemon: c.daemon().await?,
+        services: Vec::new(),
+    };
+    let clear = std::io::stdout().is_terminal();
+    while let Some(e) = events.next().await {
+        if !picture.apply(&e?) {
+            continue;
+        }
+        let mut out = std::io::stdout().lock();
+        if clear {
+            // Home and clear: one screen that changes in place.
+            let _stdout_closed = write!(out, "\x1b[H\x1b[2J");
+        } else {
+            let _stdout_closed = writeln!(out);
+        }
+        let _stdout_closed = write!(out, "{}", table(&picture.services));
+        let _stdout_closed = out.flush();
+    }
+    bail!("the berth daemon closed the event stream (it stopped)")
+}
+
+/// `berth dashboard`: a login link from the daemon, opened with `xdg-open`.
+async fn dashboard(print: bool, logs: Option<&str>) -> Result<()> {
+    let path = match logs {
+        Some(name) => {
+            check_name(name)?;
+            format!("/services/{name}/logs")
+        }
+        None => "/".to_string(),
+    };
+    let url = client()?.web_session(&path).await?;
+    let graphical =
+        std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
+    if print || !graphical {
+        // The link works once and for two minutes.
+        println!("{url}");
+        return Ok(());
+    }
+    let status = std::process::Command::new("xdg-open")
+        .arg(&url)
+        .stdin(std::process::Stdio::null())
+        .status()
+        .context("run xdg-open (or use `berth dashboard --print`)")?;
+    if !status.success() {
+        bail!("xdg-open failed ({status}); `berth dashboard --print` prints the link instead");
     }
     Ok(())
 }

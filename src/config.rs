@@ -17,6 +17,14 @@ struct RawConfig {
     push: Option<RawPush>,
     #[serde(default)]
     notifications: Option<RawNotifications>,
+    web: Option<RawWeb>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWeb {
+    enabled: Option<bool>,
+    listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -57,11 +65,23 @@ pub struct PushConfig {
     pub spool_max_reports: usize,
 }
 
+/// The local web page (the dashboard): on or off, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebConfig {
+    pub enabled: bool,
+    /// A loopback address: the page is the user's own and drives their services.
+    pub listen: SocketAddr,
+}
+
+/// Where the page listens unless config.toml says otherwise.
+pub const DEFAULT_WEB_LISTEN: &str = "127.0.0.1:7380";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub metrics: MetricsConfig,
     pub push: Option<PushConfig>,
     pub notifications: bool,
+    pub web: WebConfig,
 }
 
 impl Default for Config {
@@ -73,6 +93,10 @@ impl Default for Config {
             },
             push: None,
             notifications: true,
+            web: WebConfig {
+                enabled: true,
+                listen: SocketAddr::from(([127, 0, 0, 1], 7380)),
+            },
         }
     }
 }
@@ -175,6 +199,24 @@ impl Config {
         if let Some(n) = raw.notifications {
             cfg.notifications = n.enabled.unwrap_or(true);
         }
+        if let Some(w) = raw.web {
+            cfg.web.enabled = w.enabled.unwrap_or(true);
+            if let Some(l) = &w.listen {
+                match l.get_ref().parse::<SocketAddr>() {
+                    Ok(a) if a.ip().is_loopback() => cfg.web.listen = a,
+                    Ok(_) => diags.push(src.diagnostic(
+                        Some(l.span()),
+                        "web.listen".into(),
+                        "the page drives the user's services: it listens on a loopback address only (127.0.0.1:PORT)".into(),
+                    )),
+                    Err(_) => diags.push(src.diagnostic(
+                        Some(l.span()),
+                        "web.listen".into(),
+                        format!("{:?} is not an address like {DEFAULT_WEB_LISTEN}", l.get_ref()),
+                    )),
+                }
+            }
+        }
         if diags.is_empty() {
             Ok(cfg)
         } else {
@@ -232,5 +274,15 @@ mod tests {
         assert!(e.to_string().contains(":2:7: push.url"), "{e}");
         let e = parse("[metric]\n").expect_err("unknown");
         assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn the_page_listens_on_loopback_only() {
+        let c = parse("[web]\nlisten = \"127.0.0.1:7400\"\n").expect("valid");
+        assert_eq!(c.web.listen.port(), 7400);
+        assert!(c.web.enabled);
+        assert!(!parse("[web]\nenabled = false\n").expect("off").web.enabled);
+        let e = parse("[web]\nlisten = \"0.0.0.0:7380\"\n").expect_err("not loopback");
+        assert!(e.to_string().contains(":2:10: web.listen"), "{e}");
     }
 }

@@ -110,8 +110,31 @@ pub struct Listeners {
     pub api: UnixListener,
     /// `[metrics] listen`, with who may read it.
     pub metrics: Option<(TcpListener, metrics::Access)>,
+    /// The local web page: its listener, or why it has none (off, the port taken).
+    pub web: Result<TcpListener, String>,
     /// Stable-port sockets systemd kept for us across a restart (fd store names).
     pub ports: Vec<(String, OwnedFd)>,
+}
+
+/// The local web page's listener as config.toml asks for it.
+pub async fn bind_web(config: &crate::config::WebConfig) -> Result<TcpListener, String> {
+    if !config.enabled {
+        return Err("the local web page is off (config.toml: [web] enabled = false)".into());
+    }
+    let addr = config.listen;
+    match crate::proxy::forward::bind(addr) {
+        Ok(l) => Ok(l),
+        Err(e) => {
+            let who =
+                tokio::task::spawn_blocking(move || crate::proxy::owner::describe(addr.port()))
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|w| format!(" (taken by {w})"))
+                    .unwrap_or_default();
+            Err(format!("the local web page cannot listen on {addr}: {e}{who}; set another port in config.toml [web] listen"))
+        }
+    }
 }
 
 /// What the daemon is told, beyond its edges.
@@ -124,6 +147,15 @@ pub struct Settings {
     pub notifications: Option<zbus::Connection>,
     /// Tell systemd about readiness and stopping (`NOTIFY_SOCKET`).
     pub sd_notify: bool,
+    /// Run the stable ports on a thread (and runtime) of their own instead of beside the
+    /// engine (see README: what the benchmark found).
+    pub proxy_thread: bool,
+}
+
+/// `BERTH_PROXY_THREAD=1` (or `0`): whether the proxy gets its own thread; see
+/// [`Settings::proxy_thread`].
+pub fn proxy_thread_from_env() -> bool {
+    std::env::var("BERTH_PROXY_THREAD").is_ok_and(|v| v == "1")
 }
 
 /// The real daemon: binds, connects and runs until `shutdown`.
@@ -158,6 +190,7 @@ pub async fn start(
         }
         None => None,
     };
+    let web = bind_web(&config.web).await;
     tracing::debug!(?config, "admin configuration");
     let edges = Edges {
         systemd,
@@ -173,10 +206,12 @@ pub async fn start(
             ctx,
             notifications,
             sd_notify: true,
+            proxy_thread: proxy_thread_from_env(),
         },
         Listeners {
             api,
             metrics,
+            web,
             ports,
         },
         shutdown,
@@ -205,6 +240,7 @@ where
         ctx,
         notifications,
         sd_notify,
+        proxy_thread,
     } = settings;
     let systemd = edges.systemd.clone();
     let podman = edges.podman.clone();
@@ -220,13 +256,29 @@ where
         ));
     }
     tasks.spawn(engine.run());
-    tasks.spawn(crate::proxy::ports::run(
+    let proxy_run = crate::proxy::ports::run(
         handle.port_specs(),
         listeners.ports,
         podman.clone(),
         handle.clone(),
         handle.proxy(),
-    ));
+    );
+    // The proxy ends when the engine's port specs go away (the engine stopped).
+    let proxy_thread = if proxy_thread {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(DaemonError::Serve)?;
+        let t = std::thread::Builder::new()
+            .name("berth-proxy".into())
+            .spawn(move || rt.block_on(proxy_run))
+            .map_err(DaemonError::Serve)?;
+        info!("stable ports on a thread of their own");
+        Some(t)
+    } else {
+        tasks.spawn(proxy_run);
+        None
+    };
     let changed = handle.units_changed_notify();
     tasks.spawn(async move {
         if let Err(err) = systemd.watch_units(changed).await {
@@ -284,13 +336,60 @@ where
     }
     info!(socket = %paths.socket().display(), "berth daemon ready");
     let proxy = handle.proxy();
+    let sessions = Arc::new(crate::web::Sessions::default());
+    let (web_listener, web_link) = match listeners.web {
+        Ok(l) => {
+            let addr = l.local_addr().map_err(DaemonError::Serve)?;
+            let link = crate::web::WebLink {
+                sessions: sessions.clone(),
+                base: format!("http://{addr}"),
+            };
+            handle
+                .set_web(engine::WebSeen {
+                    url: Some(format!("{}/", link.base)),
+                    error: None,
+                })
+                .await;
+            info!(%addr, "the local web page serves on http://{addr}/");
+            (Some((l, addr)), Ok(link))
+        }
+        Err(why) => {
+            if config.web.enabled {
+                warn!("{why}");
+            }
+            handle
+                .set_web(engine::WebSeen {
+                    url: None,
+                    error: Some(why.clone()),
+                })
+                .await;
+            (None, Err(why))
+        }
+    };
     let state = ApiState {
         engine: handle,
         podman,
         paths: paths.clone(),
         metrics: Arc::new(sources),
         stopping: stopping.clone(),
+        web: web_link,
     };
+    if let Some((listener, addr)) = web_listener {
+        let web_state = crate::web::WebState {
+            api: state.clone(),
+            guard: Arc::new(crate::web::Guard::new(addr, sessions)),
+        };
+        let mut stop = stopping.clone();
+        tasks.spawn(async move {
+            let served = crate::web::serve(listener, web_state, async move {
+                let _either_way = stop.wait_for(|s| *s).await;
+            })
+            .await;
+            if let Err(err) = served {
+                warn!(%err, "the local web page stopped: {err}");
+            }
+        });
+    }
     let mut api_stop = stopping.clone();
     let served = api::serve(listeners.api, state, async move {
         tokio::select! {
@@ -324,11 +423,18 @@ where
             }
         }
     }
+    if let Some(t) = proxy_thread {
+        // The engine is gone, so its port specs are: the proxy's loop ends.
+        let joined = tokio::task::spawn_blocking(move || t.join()).await;
+        if !matches!(joined, Ok(Ok(()))) {
+            warn!("the proxy thread did not end cleanly");
+        }
+    }
     served.map_err(DaemonError::Serve)
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! A whole daemon — engine, proxy, API, health consumers — against in-memory edges, on an
     //! API socket of the test's own, driven through the client crate the CLI uses.
 
@@ -338,15 +444,22 @@ mod tests {
     use berth_proto::{ErrorCode, Event, State, Verb};
     use std::path::PathBuf;
 
-    struct Daemon {
-        client: Client,
+    pub(crate) struct Daemon {
+        pub client: Client,
+        /// The local web page's address, when the test asked for it.
+        pub web: Option<std::net::SocketAddr>,
         stop: Option<tokio::sync::oneshot::Sender<()>>,
         task: tokio::task::JoinHandle<Result<(), DaemonError>>,
         _dir: tempfile::TempDir,
     }
 
     impl Daemon {
-        async fn start(catalog: &[(&str, &str)]) -> Daemon {
+        pub async fn start(catalog: &[(&str, &str)]) -> Daemon {
+            Self::start_with(catalog, false).await
+        }
+
+        /// With `web`, the local web page serves on a free loopback port.
+        pub async fn start_with(catalog: &[(&str, &str)], web: bool) -> Daemon {
             let dir = tempfile::tempdir().expect("tempdir");
             let etc = dir.path().join("etc");
             std::fs::create_dir_all(etc.join("catalog.d")).expect("catalog.d");
@@ -367,6 +480,14 @@ mod tests {
             podman.add_images(["localhost/berth-demo:1"]);
             let socket = paths.runtime_dir.join("api.sock");
             let api = api::bind(&socket).await.expect("bind");
+            let web_listener = if web {
+                Ok(TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind the page"))
+            } else {
+                Err("off in this test".to_string())
+            };
+            let web = web_listener.as_ref().ok().and_then(|l| l.local_addr().ok());
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let task = tokio::spawn(run(
                 Edges {
@@ -381,10 +502,12 @@ mod tests {
                     ctx: RenderCtx::default(),
                     notifications: None,
                     sd_notify: false,
+                    proxy_thread: false,
                 },
                 Listeners {
                     api,
                     metrics: None,
+                    web: web_listener,
                     ports: Vec::new(),
                 },
                 async move {
@@ -402,6 +525,7 @@ mod tests {
             }
             Daemon {
                 client,
+                web,
                 stop: Some(stop),
                 task,
                 _dir: dir,
@@ -409,7 +533,7 @@ mod tests {
         }
 
         /// Stops it as SIGTERM would and waits until every task is joined.
-        async fn stop(mut self) {
+        pub async fn stop(mut self) {
             if let Some(s) = self.stop.take() {
                 let _daemon_may_be_gone = s.send(());
             }
@@ -421,7 +545,7 @@ mod tests {
         }
     }
 
-    const WEB: &str = r#"name = "it-web"
+    pub(crate) const WEB: &str = r#"name = "it-web"
 description = "a page"
 [[containers]]
 name = "web"

@@ -26,10 +26,12 @@ pub mod plan;
 pub mod podman;
 pub mod proxy;
 pub mod push;
+pub mod secret;
 pub mod state;
 pub mod sys;
 pub mod systemd;
 pub mod units;
+pub mod web;
 
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;

@@ -375,37 +375,6 @@ impl Desktop {
     }
 }
 
-/// Applies one event to a picture of the services; whether it changed the picture.
-pub fn apply(snap: &mut Snapshot, e: &Event) -> bool {
-    match e {
-        Event::Snapshot { daemon, services } => {
-            snap.daemon = daemon.clone();
-            snap.services = services.clone();
-            true
-        }
-        Event::Service { status, at, .. } => {
-            snap.taken_at = *at;
-            match snap.services.iter_mut().find(|s| s.name == status.name) {
-                Some(s) => *s = status.clone(),
-                None => {
-                    snap.services.push(status.clone());
-                    snap.services.sort_by(|a, b| a.name.cmp(&b.name));
-                }
-            }
-            true
-        }
-        Event::Removed { service, .. } => {
-            snap.services.retain(|s| &s.name != service);
-            true
-        }
-        Event::Daemon { daemon } => {
-            snap.daemon = daemon.clone();
-            false
-        }
-        Event::Pull { .. } | Event::PassError { .. } | Event::Unknown => false,
-    }
-}
-
 /// Shows notifications for every transition the engine publishes until it is gone. The
 /// picture starts from the engine's first snapshot and follows the event stream.
 pub async fn run(
@@ -445,7 +414,7 @@ pub async fn run(
             }
             Err(broadcast::error::RecvError::Closed) => return,
         };
-        if apply(&mut picture, &e) {
+        if picture.apply(&e) {
             for n in tracker.update(&picture, Instant::now()) {
                 desktop.send(&n).await;
             }
@@ -495,6 +464,8 @@ mod tests {
                 catalog_error: None,
                 catalog_in_force: None,
                 podman_error: None,
+                web_url: None,
+                web_error: None,
                 counters: Counters::default(),
             },
             services: services

@@ -132,6 +132,43 @@ pub trait Podman: Send + Sync {
     ) -> impl Future<Output = Result<(), PodmanError>> + Send;
     /// Whether a named volume exists.
     fn volume_exists(&self, name: &str) -> impl Future<Output = Result<bool, PodmanError>> + Send;
+    /// CPU and memory of running containers, one sample (`podman stats --no-stream`). Rootless
+    /// Podman has them only on cgroup v2; elsewhere it answers an error that says so.
+    fn stats(
+        &self,
+        names: &[String],
+    ) -> impl Future<Output = Result<Vec<ContainerStats>, PodmanError>> + Send;
+}
+
+/// One container's resource use, as `podman stats` samples it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ContainerStats {
+    pub name: String,
+    /// CPU use since the container started, in percent of one CPU.
+    pub cpu_percent: f64,
+    pub mem_bytes: u64,
+    /// The memory limit (the machine's memory without one).
+    pub mem_limit_bytes: u64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawStatsAnswer {
+    #[serde(rename = "Stats", deserialize_with = "null_default")]
+    stats: Vec<RawStats>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawStats {
+    #[serde(rename = "Name")]
+    name: String,
+    #[serde(rename = "CPU")]
+    cpu: f64,
+    #[serde(rename = "MemUsage")]
+    mem_usage: u64,
+    #[serde(rename = "MemLimit")]
+    mem_limit: u64,
 }
 
 /// One entry of the container list.
@@ -314,6 +351,29 @@ impl PodmanClient {
 }
 
 impl Podman for PodmanClient {
+    async fn stats(&self, names: &[String]) -> Result<Vec<ContainerStats>, PodmanError> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let what = "read container stats";
+        let mut path = String::from("/containers/stats?stream=false");
+        for n in names {
+            path.push_str(&format!("&containers={}", encode(n)));
+        }
+        let answer = self.call(what, Method::GET, &path).await?;
+        let raw: RawStatsAnswer = answer.success(what)?.decode(what)?;
+        Ok(raw
+            .stats
+            .into_iter()
+            .map(|s| ContainerStats {
+                name: s.name,
+                cpu_percent: s.cpu,
+                mem_bytes: s.mem_usage,
+                mem_limit_bytes: s.mem_limit,
+            })
+            .collect())
+    }
+
     async fn ping(&self) -> Result<String, PodmanError> {
         let what = "ping";
         let answer = self.call(what, Method::GET, "/_ping").await?;

@@ -4,7 +4,6 @@
 //! silently replaced: the caller stops, the running services keep running, the file is kept.
 
 use std::collections::BTreeMap;
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -151,7 +150,7 @@ impl SecretStore {
             for n in missing {
                 map.insert(
                     n.clone(),
-                    random_secret().map_err(|source| StateError::Read {
+                    crate::secret::random_hex().map_err(|source| StateError::Read {
                         path: "/dev/urandom".into(),
                         source,
                     })?,
@@ -170,13 +169,6 @@ impl SecretStore {
         }
         Ok(map)
     }
-}
-
-/// 32 random bytes as 64 hex characters: safe inside URLs, env files and YAML.
-fn random_secret() -> std::io::Result<String> {
-    let mut buf = [0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Replaces every `${secret.NAME}` in `text`.

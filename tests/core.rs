@@ -12,7 +12,7 @@ fn enable_runs_labelled_container_and_disable_keeps_its_volume() {
         return;
     };
     let mut w = World::new(&["it-demo"]);
-    w.catalog_file("it-demo.toml", &web_service("it-demo", 18190));
+    w.catalog_file("it-demo.toml", &web_service("it-demo", 18211));
     w.start_daemon();
 
     let out = w.ok(&["enable", "it-demo"]);
@@ -41,7 +41,7 @@ fn enable_runs_labelled_container_and_disable_keeps_its_volume() {
         .as_deref(),
         Some("berth-it-demo.service")
     );
-    assert_page(18190);
+    assert_page(18211);
     let st = w.status("it-demo");
     assert_eq!(st["choice"], "on");
     assert_eq!(st["containers"][0]["state"], "running");
@@ -62,7 +62,7 @@ fn enable_runs_labelled_container_and_disable_keeps_its_volume() {
             .success(),
         "data volume kept"
     );
-    assert!(http_get(18190).is_err(), "nothing listens after disable");
+    assert!(http_get(18211).is_err(), "nothing listens after disable");
     assert_eq!(w.status("it-demo")["state"], "off");
 }
 
@@ -74,10 +74,10 @@ fn enable_or_start_of_a_running_service_leaves_its_container_alone() {
         return;
     };
     let mut w = World::new(&["it-twice"]);
-    w.catalog_file("it-twice.toml", &web_service("it-twice", 18191));
+    w.catalog_file("it-twice.toml", &web_service("it-twice", 18212));
     w.start_daemon();
     w.ok(&["enable", "it-twice", "--settle", "0"]);
-    assert_page(18191);
+    assert_page(18212);
     let started = inspect("berth-it-twice", "{{.State.StartedAt}}").expect("container");
     for verb in ["enable", "start"] {
         let out = w.ok(&[verb, "it-twice", "--settle", "0"]);
@@ -124,19 +124,19 @@ fn a_broken_admin_file_at_start_keeps_the_last_good_catalog_in_force() {
         return;
     };
     let mut w = World::new(&["it-boot", "it-boot2"]);
-    w.catalog_file("it-boot.toml", &web_service("it-boot", 18192));
+    w.catalog_file("it-boot.toml", &web_service("it-boot", 18213));
     w.start_daemon();
     w.ok(&["enable", "it-boot", "--settle", "0"]);
-    assert_page(18192);
+    assert_page(18213);
     w.stop_daemon();
     // The admin pushes a broken file and a good new one; the VM reboots.
     w.catalog_file("it-boot.toml", "name = \"it-boot\"\ndescription = [\n");
-    w.catalog_file("it-boot2.toml", &web_service("it-boot2", 18193));
+    w.catalog_file("it-boot2.toml", &web_service("it-boot2", 18214));
     w.start_daemon();
     let st = w.status("it-boot");
     assert_eq!(st["state"], "running", "{st}");
     assert_eq!(st["choice"], "on");
-    assert_page(18192);
+    assert_page(18213);
     let ls = w.berth(&["ls"]);
     assert!(ls.status.success(), "{}", text(&ls));
     let out = text(&ls);

@@ -185,7 +185,7 @@ fn real_prometheus_scrapes_berth_with_a_bearer_token() {
     std::fs::write(
         w.etc().join("config.toml"),
         format!(
-            "[metrics]\nlisten = \"127.0.0.1:{port}\"\nbearer_token_file = \"{}\"\n",
+            "[web]\nenabled = false\n[metrics]\nlisten = \"127.0.0.1:{port}\"\nbearer_token_file = \"{}\"\n",
             token_file.display()
         ),
     )

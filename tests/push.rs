@@ -211,7 +211,7 @@ fn reports_spool_while_the_receiver_is_down_and_arrive_in_order_when_it_returns(
     std::fs::write(
         w.etc().join("config.toml"),
         format!(
-            "[push]\nurl = \"http://127.0.0.1:{port}/v1/health\"\nbearer_token_file = \"{}\"\ninterval = \"2s\"\n",
+            "[web]\nenabled = false\n[push]\nurl = \"http://127.0.0.1:{port}/v1/health\"\nbearer_token_file = \"{}\"\ninterval = \"2s\"\n",
             path_str(&token)
         ),
     )

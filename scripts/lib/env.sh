@@ -52,6 +52,8 @@ BERTH_ENV_PACKAGES=(
 # a VM running berth must not get a Prometheus server.
 BERTH_ENV_TEST_PACKAGES=(
     prometheus               # prometheus, promtool: tests/metrics.rs scrapes berth for real
+    chromium                 # tests/web.rs drives the local web page in a real browser
+    chromium-driver          #   through its WebDriver
 )
 # Podman needs a container network stack (Debian's containers-common depends
 # on the virtual package "container-network-stack"). With --no-install-recommends
@@ -584,6 +586,21 @@ _berth_env_start_podman_socket() {
 # the user manager log to the journal as on a real machine and `journalctl`
 # shows them. Its PID is recorded; berth_env_stop_journald stops exactly it.
 # On a machine booted with systemd this does nothing.
+# Lets USER read the system journal, where the journald started above keeps
+# every user's entries (volatile storage here keeps no per-user files, so
+# `journalctl --user` and `systemctl --user status` show nothing to users
+# outside group systemd-journal). A desktop with systemd as PID 1 needs none
+# of this: each user reads their own journal there.
+berth_env_journal_reader() {
+    local user=$1
+    berth_env_pid1_is_systemd && return 0
+    getent group systemd-journal >/dev/null || return 0
+    if ! id -nG "$user" | grep -qw systemd-journal; then
+        usermod -aG systemd-journal "$user"
+        berth_env_log "journald: $user may read the journal (group systemd-journal)"
+    fi
+}
+
 berth_env_journald() {
     berth_env_pid1_is_systemd && return 0
     berth_env_require_root "starting systemd-journald"

@@ -71,6 +71,8 @@ pub enum Command {
     Idle {
         service: String,
     },
+    /// Where the local web page serves, or why it does not (part of the daemon's info).
+    Web(super::WebSeen),
     /// The current picture and, from that very moment, every event after it.
     Subscribe {
         reply: oneshot::Sender<(Arc<Snapshot>, broadcast::Receiver<Event>)>,
@@ -175,6 +177,13 @@ impl Handle {
     pub async fn reload(&self) -> Result<usize, EngineError> {
         self.ask(|reply| Command::ReloadCatalog { reply: Some(reply) })
             .await?
+    }
+
+    /// Tells the engine where the local web page serves, or why not.
+    pub async fn set_web(&self, web: super::WebSeen) {
+        if self.tx.send(Command::Web(web)).await.is_err() {
+            tracing::debug!("engine gone; web status dropped");
+        }
     }
 
     pub async fn subscribe(

@@ -75,6 +75,13 @@ pub struct Edges<S, P, F, C> {
     pub clock: C,
 }
 
+/// The local web page as the daemon reported it (see [`Command::Web`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WebSeen {
+    pub url: Option<String>,
+    pub error: Option<String>,
+}
+
 /// Podman's API as the engine last found it.
 #[derive(Debug, Default)]
 struct PodmanSeen {
@@ -102,6 +109,7 @@ pub struct Engine<S, P, F, C> {
     check_stale: bool,
     first_pass: bool,
     podman_seen: PodmanSeen,
+    web: WebSeen,
     inspected: InspectCache,
     probes: Probes,
     seen: Tracker,
@@ -218,6 +226,7 @@ where
             check_stale: true,
             first_pass: true,
             podman_seen: PodmanSeen::default(),
+            web: WebSeen::default(),
             inspected: InspectCache::default(),
             probes: Probes::new(probe_tx),
             seen: Tracker::default(),
@@ -265,6 +274,8 @@ where
             catalog_error: self.catalog.error.clone(),
             catalog_in_force: self.catalog.in_force.clone(),
             podman_error: self.podman_seen.error.clone(),
+            web_url: self.web.url.clone(),
+            web_error: self.web.error.clone(),
             counters: self.counters.clone(),
         }
     }

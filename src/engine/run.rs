@@ -196,6 +196,12 @@ where
                     self.pass_and_refresh().await;
                 }
             }
+            Command::Web(web) => {
+                if self.web != web {
+                    self.web = web;
+                    self.refresh_all().await;
+                }
+            }
             Command::Subscribe { reply } => {
                 let snapshot = self.current_snapshot().await;
                 // Subscribed here, in the engine's own task: no event can slip in between

@@ -314,6 +314,8 @@ pub(crate) mod tests {
                 catalog_error: None,
                 catalog_in_force: None,
                 podman_error: None,
+                web_url: None,
+                web_error: None,
                 counters: Counters::default(),
             },
             services: services

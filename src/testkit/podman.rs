@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, Notify};
 
 use super::{lock, MemSystemd};
-use crate::podman::{ContainerInspect, ContainerSummary, Podman, PodmanError};
+use crate::podman::{ContainerInspect, ContainerStats, ContainerSummary, Podman, PodmanError};
 
 #[derive(Debug, Default)]
 struct Pod {
@@ -198,5 +198,19 @@ impl Podman for MemPodman {
     async fn volume_exists(&self, _name: &str) -> Result<bool, PodmanError> {
         self.check("volume exists")?;
         Ok(false)
+    }
+
+    async fn stats(&self, names: &[String]) -> Result<Vec<ContainerStats>, PodmanError> {
+        self.check("stats")?;
+        Ok(names
+            .iter()
+            .filter(|n| self.systemd.active(&format!("{n}.service")) == "active")
+            .map(|n| ContainerStats {
+                name: n.clone(),
+                cpu_percent: 1.5,
+                mem_bytes: 20 << 20,
+                mem_limit_bytes: 4 << 30,
+            })
+            .collect())
     }
 }

@@ -125,10 +125,14 @@ pub fn inspect(container: &str, format: &str) -> Option<String> {
 
 /// A plain HTTP GET on 127.0.0.1; the whole answer (headers and body), or the error.
 pub fn http_get(port: u16) -> Result<String, String> {
+    http_get_within(port, Duration::from_secs(5))
+}
+
+/// [`http_get`] that waits up to `read` for the answer.
+pub fn http_get_within(port: u16, read: Duration) -> Result<String, String> {
     let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(3))
         .map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(read)).map_err(|e| e.to_string())?;
     s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
         .map_err(|e| e.to_string())?;
     let mut out = String::new();
@@ -173,6 +177,13 @@ impl World {
             .tempdir()
             .expect("tempdir");
         std::fs::create_dir_all(dir.path().join("etc/catalog.d")).expect("catalog.d");
+        // The local web page is off unless a test wants it (on a port of its own): the
+        // default port may be another user's, such as the one README's main command runs.
+        std::fs::write(
+            dir.path().join("etc/config.toml"),
+            "[web]\nenabled = false\n",
+        )
+        .expect("config.toml");
         let w = World {
             dir,
             services: services.iter().map(|s| s.to_string()).collect(),
@@ -190,6 +201,12 @@ impl World {
 
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("api.sock")
+    }
+
+    /// The admin's config.toml (replacing the default one of the test, which turns the local
+    /// web page off).
+    pub fn config(&self, text: &str) {
+        std::fs::write(self.etc().join("config.toml"), text).expect("write config.toml");
     }
 
     /// Adds (or replaces) an admin catalog file.

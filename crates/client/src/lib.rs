@@ -208,6 +208,21 @@ impl Client {
         self.post("/v1/catalog/reload").await
     }
 
+    /// A one-time login link to the local web page that lands on `path` (`/`, or
+    /// `/services/NAME/logs`).
+    pub async fn web_session(&self, path: &str) -> Result<String, ClientError> {
+        let mut q = String::new();
+        for b in path.bytes() {
+            if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+                q.push(char::from(b));
+            } else {
+                q.push_str(&format!("%{b:02X}"));
+            }
+        }
+        let s: berth_proto::WebSession = self.post(&format!("/v1/web/session?path={q}")).await?;
+        Ok(s.url)
+    }
+
     /// The OpenMetrics text of `/metrics`.
     pub async fn metrics(&self) -> Result<String, ClientError> {
         let body = self

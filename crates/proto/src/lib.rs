@@ -190,6 +190,42 @@ pub struct Snapshot {
     pub services: Vec<ServiceStatus>,
 }
 
+impl Snapshot {
+    /// Brings this picture up to date with one event of the stream; whether the services in
+    /// it changed. Clients keep their view this way: a snapshot event replaces it, service
+    /// events update or add one service, a removal drops one.
+    pub fn apply(&mut self, e: &Event) -> bool {
+        match e {
+            Event::Snapshot { daemon, services } => {
+                self.daemon = daemon.clone();
+                self.services = services.clone();
+                true
+            }
+            Event::Service { status, at, .. } => {
+                self.taken_at = *at;
+                match self.services.iter_mut().find(|s| s.name == status.name) {
+                    Some(s) => *s = status.clone(),
+                    None => {
+                        self.services.push(status.clone());
+                        self.services.sort_by(|a, b| a.name.cmp(&b.name));
+                    }
+                }
+                true
+            }
+            Event::Removed { service, .. } => {
+                let before = self.services.len();
+                self.services.retain(|s| &s.name != service);
+                self.services.len() != before
+            }
+            Event::Daemon { daemon } => {
+                self.daemon = daemon.clone();
+                false
+            }
+            Event::Pull { .. } | Event::PassError { .. } | Event::Unknown => false,
+        }
+    }
+}
+
 /// Counters of the daemon's writes to the outside world, and of its passes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
@@ -219,6 +255,12 @@ pub struct DaemonInfo {
     /// states may be old).
     #[serde(default)]
     pub podman_error: Option<String>,
+    /// The local web page's address, when it serves.
+    #[serde(default)]
+    pub web_url: Option<String>,
+    /// Why the local web page does not serve (off, or its port taken).
+    #[serde(default)]
+    pub web_error: Option<String>,
     pub counters: Counters,
 }
 
@@ -338,6 +380,8 @@ pub enum ErrorCode {
     BadRequest,
     /// The caller may not use this API (another user, a foreign web origin).
     Forbidden,
+    /// A part of berth that is switched off or could not start (the local web page).
+    Unavailable,
     /// An answer of a newer daemon this client does not know.
     #[serde(other)]
     Other,
@@ -354,6 +398,12 @@ pub struct ErrorBody {
 
 fn other_code() -> ErrorCode {
     ErrorCode::Other
+}
+
+/// The answer to `POST /v1/web/session`: a one-time login link to the local web page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebSession {
+    pub url: String,
 }
 
 /// The answer to `POST /v1/catalog/reload`.
@@ -400,6 +450,75 @@ mod tests {
             Some("start berth-ab.service: boom; reload systemd: timeout")
         );
         assert_eq!(r.errors.len(), 3);
+    }
+
+    fn status(name: &str, state: State) -> ServiceStatus {
+        ServiceStatus {
+            name: name.into(),
+            description: String::new(),
+            choice: Choice::On,
+            state,
+            reason: None,
+            failure: None,
+            hint: None,
+            unit: format!("berth-{name}.service"),
+            unit_state: "absent".into(),
+            ports: Vec::new(),
+            containers: Vec::new(),
+            restarts: 0,
+            since: None,
+            probe: None,
+            locked: false,
+        }
+    }
+
+    #[test]
+    fn a_picture_follows_the_event_stream() {
+        let daemon = DaemonInfo {
+            version: "0".into(),
+            pid: 1,
+            podman_version: None,
+            catalog_services: 2,
+            catalog_serial: String::new(),
+            catalog_error: None,
+            catalog_in_force: None,
+            podman_error: None,
+            web_url: None,
+            web_error: None,
+            counters: Counters::default(),
+        };
+        let mut p = Snapshot {
+            taken_at: 0,
+            daemon: daemon.clone(),
+            services: Vec::new(),
+        };
+        assert!(p.apply(&Event::Snapshot {
+            daemon,
+            services: vec![status("b", State::Off)],
+        }));
+        assert!(p.apply(&Event::Service {
+            status: status("a", State::Running),
+            from: None,
+            at: 5,
+        }));
+        let names: Vec<&str> = p.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"], "kept in name order");
+        assert!(p.apply(&Event::Service {
+            status: status("b", State::Failed),
+            from: Some(State::Off),
+            at: 6,
+        }));
+        assert_eq!(p.services[1].state, State::Failed);
+        assert!(p.apply(&Event::Removed {
+            service: "a".into(),
+            at: 7
+        }));
+        assert!(!p.apply(&Event::Removed {
+            service: "a".into(),
+            at: 8
+        }));
+        assert_eq!(p.services.len(), 1);
+        assert!(!p.apply(&Event::Unknown));
     }
 
     #[test]
