@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod engine;
 pub mod files;
 pub mod fsutil;
+pub mod gate;
 pub mod health;
 pub mod journal;
 pub mod metrics;

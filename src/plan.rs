@@ -180,6 +180,30 @@ pub fn plan(desired: &Desired, actual: &Actual) -> Plan {
             continue;
         }
         if running && !changed && !d.force {
+            // `berth start` of a running pod whose member a health gate (or a crash loop) left
+            // failed: start that member again, not the whole pod.
+            if d.retry {
+                let mut acts = Vec::new();
+                for u in d.units.iter().skip(1) {
+                    if actual
+                        .units
+                        .get(&u.name)
+                        .is_some_and(|s| s.active == "failed")
+                    {
+                        acts.push(Action::ResetFailed {
+                            service: name.clone(),
+                            unit: u.name.clone(),
+                        });
+                        acts.push(Action::Start {
+                            service: name.clone(),
+                            unit: u.name.clone(),
+                        });
+                    }
+                }
+                if !acts.is_empty() {
+                    starts.insert(name.as_str(), acts);
+                }
+            }
             continue;
         }
         if state.is_some_and(|u| u.active == "activating" || u.active == "deactivating") && !d.force
@@ -226,6 +250,20 @@ pub fn plan(desired: &Desired, actual: &Actual) -> Plan {
                 service: name.clone(),
                 unit: main.clone(),
             });
+        }
+        // A pod member left failed by an earlier start (its health gate timed out) would
+        // read as this start's failure until its own start job runs.
+        for u in d.units.iter().skip(1) {
+            if actual
+                .units
+                .get(&u.name)
+                .is_some_and(|s| s.active == "failed")
+            {
+                acts.push(Action::ResetFailed {
+                    service: name.clone(),
+                    unit: u.name.clone(),
+                });
+            }
         }
         acts.push(if running {
             Action::Restart {

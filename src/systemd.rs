@@ -96,6 +96,12 @@ pub trait Systemd: Send + Sync {
         &self,
         unit: &str,
     ) -> impl Future<Output = Result<(String, u32), SystemdError>> + Send;
+    /// `ExecMainStatus` of a service unit: the exit status of its last main process (the
+    /// health gate's timeout codes, see [`crate::gate`]).
+    fn exec_main_status(
+        &self,
+        unit: &str,
+    ) -> impl Future<Output = Result<i32, SystemdError>> + Send;
     /// Notifies `changed` whenever a berth unit or `podman.socket` changes state, until the
     /// manager goes away. `changed` is a [`Notify`]: the watch never waits for the engine.
     fn watch_units(
@@ -286,6 +292,23 @@ impl Systemd for UserManager {
             .map_err(call(format!("read Result of {unit}")))?;
         let restarts = svc.n_restarts().await.unwrap_or(0);
         Ok((result, restarts))
+    }
+
+    async fn exec_main_status(&self, unit: &str) -> Result<i32, SystemdError> {
+        let path = self
+            .manager
+            .load_unit(unit.to_string())
+            .await
+            .map_err(call(format!("load {unit}")))?;
+        zbus_systemd::systemd1::ServiceProxy::builder(&self.conn)
+            .path(path)
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .map_err(call(format!("service {unit}")))?
+            .exec_main_status()
+            .await
+            .map_err(call(format!("read ExecMainStatus of {unit}")))
     }
 
     async fn watch_units(&self, changed: Arc<Notify>) -> Result<(), SystemdError> {

@@ -2,11 +2,14 @@
 //!
 //! Layers, later replacing earlier services of the same name whole:
 //! the built-in catalog (embedded from `config/catalog/`), then `<etc>/catalog.d/*.toml`.
+//! A file with `patch = true` changes only the fields it names of the service before it
+//! ([`patch`]).
 //! Problems are collected, not stopped at: one run reports every broken field with its
 //! file, line and column. A catalog with any error is rejected whole, so the caller keeps
 //! running the last good one.
 
 pub mod model;
+pub mod patch;
 pub mod raw;
 pub mod validate;
 
@@ -408,6 +411,10 @@ pub fn from_sources(
     // Service names in layer order: a clash is blamed on the later layer.
     let mut order: Vec<String> = Vec::new();
     for src in sources {
+        if patch::is_patch(&src.text) == Some(true) {
+            patch::apply(src, &mut services, &mut diags);
+            continue;
+        }
         match parse::<raw::RawService>(src, &mut diags) {
             None => {}
             Some(raw) => {

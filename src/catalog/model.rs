@@ -27,6 +27,16 @@ pub struct Origin {
     pub file: PathBuf,
 }
 
+/// A field that a patch layer set, and where (see [`super::patch`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldOrigin {
+    /// Dotted path with container names, e.g. `containers.n8n.image`.
+    pub field: String,
+    pub file: PathBuf,
+    pub line: usize,
+    pub col: usize,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Gpu {
@@ -54,6 +64,9 @@ pub struct Service {
     /// In start order: every container comes after those it names in `after`.
     pub containers: Vec<Container>,
     pub origin: Origin,
+    /// Fields set by patch layers over `origin`, in the order they were applied.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub patched: Vec<FieldOrigin>,
 }
 
 impl Service {
@@ -85,6 +98,8 @@ pub struct Container {
     /// Run a tiny init (catatonit) as PID 1 that forwards signals and reaps children.
     pub init: bool,
     pub tmpfs: Vec<String>,
+    /// Size of `/dev/shm` in bytes; `None` keeps Podman's default (64 MiB).
+    pub shm_size: Option<u64>,
     pub no_new_privileges: bool,
     pub ports: Vec<Port>,
     pub volumes: Vec<Volume>,

@@ -61,6 +61,8 @@ pub struct RawContainer {
     pub init: bool,
     #[serde(default)]
     pub tmpfs: Vec<Spanned<String>>,
+    /// Size of `/dev/shm`, e.g. "256m" (Podman's default is 64m).
+    pub shm_size: Option<Spanned<String>>,
     pub no_new_privileges: Option<Spanned<bool>>,
     pub privileges_reason: Option<String>,
     #[serde(default)]

@@ -297,3 +297,51 @@ fn service_urls_resolve_only_for_used_services() {
     .expect_err("no such port");
     assert!(e.to_string().contains("no port named \"grpc\""), "{e}");
 }
+
+#[test]
+fn shm_size_is_a_size_within_bounds() {
+    let with = |v: &str| {
+        GOOD.replace(
+            "image = \"localhost/web:1\"",
+            &format!("image = \"localhost/web:1\"\nshm_size = {v}"),
+        )
+    };
+    let c = one(&with("\"256m\"")).expect("valid");
+    assert_eq!(
+        c.get("web").expect("test setup").containers[0].shm_size,
+        Some(256 << 20)
+    );
+    assert_eq!(
+        one(&with("\"1GB\""))
+            .expect("valid")
+            .get("web")
+            .expect("test setup")
+            .containers[0]
+            .shm_size,
+        Some(1 << 30)
+    );
+    for (bad, msg) in [
+        ("\"256\"", "needs a unit"),
+        ("\"256x\"", "unknown unit"),
+        ("\"512k\"", "outside 1m..=16g"),
+        ("\"64g\"", "outside 1m..=16g"),
+    ] {
+        let d = diags(&with(bad));
+        assert_eq!(d.len(), 1, "{bad}: {d:?}");
+        assert_eq!(d[0].line, 8, "{d:?}");
+        assert_eq!(d[0].field, "containers[0].shm_size");
+        assert!(d[0].message.contains(msg), "{bad}: {}", d[0]);
+    }
+}
+
+#[test]
+fn shm_size_is_refused_in_a_pod() {
+    let text = format!(
+        "{GOOD}\n[[containers]]\nname = \"db\"\nimage = \"localhost/db:1\"\nshm_size = \"256m\"\n"
+    );
+    let d = diags(&text);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0].field, "containers[1].shm_size");
+    assert_eq!(d[0].line, 18, "{d:?}");
+    assert!(d[0].message.contains("Podman 3.4 cannot size"), "{}", d[0]);
+}

@@ -61,7 +61,7 @@ impl Ctx<'_> {
 
 pub use berth_proto::{valid_name, MAX_NAME};
 
-fn valid_env_name(s: &str) -> bool {
+pub fn valid_env_name(s: &str) -> bool {
     let mut bytes = s.bytes();
     matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
@@ -96,6 +96,33 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         }
     };
     Ok(d)
+}
+
+const MIB: u64 = 1024 * 1024;
+/// Bounds of `shm_size`: below 1 MiB nothing useful fits; above 16 GiB is a typo on a desktop
+/// VM (tmpfs pages count against the container's memory).
+const SHM_MIN: u64 = MIB;
+const SHM_MAX: u64 = 16 * 1024 * MIB;
+
+/// Parses a size like Podman's `--shm-size`: a whole number with `k`, `m` or `g` (binary
+/// units, optionally followed by `b`, any case), e.g. "256m", "1g", "512MB".
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("size {s:?} needs a unit (k, m or g)"))?;
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("size {s:?} must start with a whole number"))?;
+    let mult = match unit.strip_suffix('b').unwrap_or(unit) {
+        "k" => 1024,
+        "m" => MIB,
+        "g" => 1024 * MIB,
+        _ => return Err(format!("size {s:?} has unknown unit {unit:?} (k, m or g)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 /// A fully qualified image reference with a pinned tag or digest.
@@ -371,6 +398,18 @@ pub fn service(
             containers.push(c);
         }
     }
+    if raw.containers.len() > 1 {
+        for (i, rc) in raw.containers.iter().enumerate() {
+            if let Some(v) = &rc.get_ref().shm_size {
+                cx.err(
+                    span_of(v),
+                    format!("containers[{i}].shm_size"),
+                    "shm_size needs a service of one container: the containers of a pod share \
+                     the pod's /dev/shm, which Podman 3.4 cannot size",
+                );
+            }
+        }
+    }
     // Every `after` names a sibling; order containers so each follows what it names.
     for (i, rc) in raw.containers.iter().enumerate() {
         for a in &rc.get_ref().after {
@@ -468,6 +507,7 @@ pub fn service(
             origin: Origin {
                 file: src.path.clone(),
             },
+            patched: Vec::new(),
         },
         spans,
     ))
@@ -565,6 +605,24 @@ fn container(
         }
         tmpfs.push(t.get_ref().clone());
     }
+    let shm_size = rc
+        .shm_size
+        .as_ref()
+        .and_then(|v| match parse_size(v.get_ref()) {
+            Ok(n) if (SHM_MIN..=SHM_MAX).contains(&n) => Some(n),
+            Ok(_) => {
+                cx.err(
+                    span_of(v),
+                    format!("{field}.shm_size"),
+                    format!("{:?} is outside 1m..=16g", v.get_ref()),
+                );
+                None
+            }
+            Err(e) => {
+                cx.err(span_of(v), format!("{field}.shm_size"), e);
+                None
+            }
+        });
 
     let mut ports = Vec::new();
     for (j, rp) in rc.ports.iter().enumerate() {
@@ -793,6 +851,7 @@ fn container(
         read_only: rc.read_only,
         init: rc.init,
         tmpfs,
+        shm_size,
         no_new_privileges,
         ports,
         volumes,

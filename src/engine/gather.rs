@@ -281,6 +281,29 @@ where
                     .ok(),
                 _ => None,
             };
+            let mut members = Vec::new();
+            if svc.is_pod() && main.as_ref().is_some_and(|u| u.is_active()) {
+                for ctr in &svc.containers {
+                    let unit = units::container_unit(svc, ctr);
+                    let active = units
+                        .get(&unit)
+                        .map_or_else(|| "inactive".to_string(), |u| u.active.clone());
+                    let exec_main_status = if active == "failed" {
+                        self.edges
+                            .systemd
+                            .exec_main_status(&unit)
+                            .await
+                            .unwrap_or(0)
+                    } else {
+                        0
+                    };
+                    members.push(crate::gate::Member {
+                        container: ctr.name.clone(),
+                        active,
+                        exec_main_status,
+                    });
+                }
+            }
             let log_lines = match main.as_ref().filter(|u| u.active == "failed") {
                 Some(u) => self.log_lines(svc, u).await,
                 None => {
@@ -295,6 +318,7 @@ where
                     containers,
                     result,
                     log_lines,
+                    members,
                 },
             );
         }

@@ -22,6 +22,8 @@ pub(super) struct ServiceFacts {
     pub result: Option<(String, u32)>,
     /// The last lines of the containers' logs, read when the unit is failed.
     pub log_lines: Vec<String>,
+    /// The member units of a pod (empty for a single container).
+    pub members: Vec<crate::gate::Member>,
 }
 
 /// Everything the view is made from.
@@ -77,6 +79,21 @@ fn one(
         result,
         restarts,
     });
+    // A running pod is only as far as its members: one failed (its health gate timed out, or
+    // it crashed past its restarts) fails the service, one still starting keeps it starting.
+    if matches!(state, State::Running | State::Starting | State::Unhealthy) {
+        match crate::gate::verdict(svc, &facts.members) {
+            Some(crate::gate::Verdict::Failed(why)) => {
+                state = State::Failed;
+                reason = Some(why);
+            }
+            Some(crate::gate::Verdict::Starting(why)) if state == State::Running => {
+                state = State::Starting;
+                reason = Some(why);
+            }
+            _ => {}
+        }
+    }
     let mut failure = (state == State::Failed).then_some(Failure::Unit);
     let on_demand_idle = svc.on_demand
         && choice == Choice::On

@@ -276,3 +276,80 @@ fn blocked_service_is_not_started() {
     );
     assert_eq!(p.waiting["demo"], "needs a GPU");
 }
+
+#[test]
+fn a_restart_of_a_pod_resets_its_members_left_failed_by_a_health_gate() {
+    let mut ds = want(
+        Choice::On,
+        vec![
+            unit("berth-app.service", "P"),
+            unit("berth-app--db.service", "D"),
+            unit("berth-app--web.service", "W"),
+        ],
+    );
+    ds.force = true;
+    let a = Actual {
+        unit_files: [
+            ("berth-app.service".to_string(), "P".to_string()),
+            ("berth-app--db.service".to_string(), "D".to_string()),
+            ("berth-app--web.service".to_string(), "W".to_string()),
+        ]
+        .into(),
+        units: [
+            state("berth-app.service", "active"),
+            state("berth-app--db.service", "active"),
+            state("berth-app--web.service", "failed"),
+        ]
+        .into(),
+        images: [("localhost/demo:1".to_string(), true)].into(),
+        ..Actual::default()
+    };
+    assert_eq!(
+        names(&plan(&desired(vec![("app", ds)]), &a)),
+        [
+            "write files of app",
+            "reset-failed berth-app--web.service",
+            "restart berth-app.service"
+        ]
+    );
+}
+
+#[test]
+fn a_retry_of_a_running_pod_starts_only_its_failed_member() {
+    let mut ds = want(
+        Choice::On,
+        vec![
+            unit("berth-app.service", "P"),
+            unit("berth-app--db.service", "D"),
+            unit("berth-app--web.service", "W"),
+        ],
+    );
+    let a = Actual {
+        unit_files: [
+            ("berth-app.service".to_string(), "P".to_string()),
+            ("berth-app--db.service".to_string(), "D".to_string()),
+            ("berth-app--web.service".to_string(), "W".to_string()),
+        ]
+        .into(),
+        units: [
+            state("berth-app.service", "active"),
+            state("berth-app--db.service", "active"),
+            state("berth-app--web.service", "failed"),
+        ]
+        .into(),
+        images: [("localhost/demo:1".to_string(), true)].into(),
+        ..Actual::default()
+    };
+    assert!(
+        plan(&desired(vec![("app", ds.clone())]), &a).is_empty(),
+        "nothing without the user asking"
+    );
+    ds.retry = true;
+    assert_eq!(
+        names(&plan(&desired(vec![("app", ds)]), &a)),
+        [
+            "reset-failed berth-app--web.service",
+            "start berth-app--web.service"
+        ]
+    );
+}

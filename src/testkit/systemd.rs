@@ -406,6 +406,14 @@ impl Systemd for MemSystemd {
             .map_or(("success".into(), 0), |u| (u.result.clone(), u.restarts)))
     }
 
+    async fn exec_main_status(&self, unit: &str) -> Result<i32, SystemdError> {
+        self.check("read ExecMainStatus")?;
+        let s = lock(&self.0);
+        Ok(s.units
+            .get(unit)
+            .map_or(0, |u| i32::from(u.result == "exit-code")))
+    }
+
     async fn watch_units(&self, changed: Arc<Notify>) -> Result<(), SystemdError> {
         lock(&self.0).watchers.push(changed);
         std::future::pending().await
