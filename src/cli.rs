@@ -137,6 +137,18 @@ pub enum Cmd {
     /// `proxy::netns`). Serves the socket pair on stdin.
     #[command(hide = true, name = "netns-sockets")]
     NetnsSockets,
+    /// Internal: run by the units of a service that uses others before its containers start;
+    /// returns once berth listens inside the service's pod for the services it uses (see
+    /// `proxy::relays`). Waits for a daemon that is starting, at most `--wait` seconds.
+    #[command(hide = true, name = "relays-ready")]
+    RelaysReady {
+        name: String,
+        /// The daemon's API socket, when not the usual one.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+    },
 }
 
 /// How long `enable`, `start` and `restart` watch a service that came up, so that a container
@@ -158,6 +170,33 @@ pub enum CatalogCmd {
         #[arg(long)]
         alone: bool,
     },
+}
+
+/// Asks the daemon for a consumer's relays, again while it is not there yet (berth and the
+/// service's units start side by side at boot).
+async fn relays_ready(name: &str, socket: Option<&Path>, wait: Duration) -> Result<()> {
+    let until = std::time::Instant::now() + wait;
+    loop {
+        let c = match socket {
+            Some(s) => Ok(Client::new(s)),
+            None => client(),
+        };
+        let answer = match c {
+            Ok(c) => c.relays_ready(name).await.map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(r) => {
+                println!("berth listens inside {name}'s pod for {} port(s)", r.ports);
+                return Ok(());
+            }
+            Err(e) if std::time::Instant::now() < until => {
+                tracing::debug!("relays for {name} not ready yet: {e:#}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(e.context(format!("relays for {name}"))),
+        }
+    }
 }
 
 fn client() -> Result<Client> {
@@ -303,6 +342,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         } => validate(&paths, alone),
         Cmd::Setup(args) => crate::setup::cli::run(args),
         Cmd::NetnsSockets => crate::proxy::netns::serve_helper().context("netns-sockets helper"),
+        Cmd::RelaysReady { name, socket, wait } => {
+            relays_ready(&name, socket.as_deref(), Duration::from_secs(wait)).await
+        }
         Cmd::Forward { listen, to } => crate::proxy::forward::run_forward(listen, to)
             .await
             .with_context(|| format!("forward {listen} to {to}")),

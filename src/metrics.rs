@@ -175,6 +175,34 @@ pub fn proxy_registry(shared: &crate::proxy::ports::Shared) -> Registry {
                 .collect(),
         ),
     );
+    let relays = shared.relay_counters();
+    let relay = |c: &str, s: &str, p: u16| {
+        vec![
+            ("consumer", c.to_string()),
+            ("service", s.to_string()),
+            ("port", p.to_string()),
+        ]
+    };
+    r.register(
+        "berth_relay_connections",
+        "Connections a service made to a service it uses, through berth's listener inside its own network namespace",
+        Counters(
+            relays
+                .iter()
+                .map(|(c, s, p, k)| (relay(c, s, *p), k.connections_total.load(Relaxed)))
+                .collect(),
+        ),
+    );
+    r.register(
+        "berth_relay_active_connections",
+        "Connections open now from a service to a service it uses",
+        Gauges(
+            relays
+                .iter()
+                .map(|(c, s, p, k)| (relay(c, s, *p), k.active.load(Relaxed)))
+                .collect(),
+        ),
+    );
     let demand = shared.demand_counters();
     let svc = |s: &str| vec![("service", s.to_string())];
     r.register(

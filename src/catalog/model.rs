@@ -70,9 +70,12 @@ pub struct Service {
 }
 
 impl Service {
-    /// Several containers share one pod; a single container runs on its own.
+    /// Several containers share one pod; so does a service that uses others, even with one
+    /// container: its pod's network namespace exists before the application starts, so
+    /// berth's relays to the used services listen there first (see `proxy::relays`). A single
+    /// container otherwise runs on its own.
     pub fn is_pod(&self) -> bool {
-        self.containers.len() > 1
+        self.containers.len() > 1 || !self.uses.is_empty()
     }
 
     pub fn ports(&self) -> impl Iterator<Item = &Port> {

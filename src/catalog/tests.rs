@@ -253,6 +253,30 @@ fn builtin_catalog_is_valid() {
 }
 
 #[test]
+fn a_container_port_on_a_used_services_stable_port_is_refused_naming_both() {
+    let api = GOOD.replace("\"web\"", "\"api\"").replace("18081", "18090");
+    // The client's container listens on 18090 itself: berth's relay to api needs it.
+    let client = GOOD
+        .replace("name = \"web\"", "name = \"client\"\nuses = [\"api\"]")
+        .replace("18081", "18091")
+        .replace("container = 8080", "container = 18090");
+    assert!(client.contains("container = 18090"), "{client}");
+    let e = from_sources(
+        None,
+        &[
+            Source::new("a/api.toml", api.clone()),
+            Source::new("c/client.toml", client),
+        ],
+    )
+    .expect_err("clash");
+    let text = e.to_string();
+    assert!(text.contains("c/client.toml"), "{text}");
+    assert!(text.contains("container port 18090"), "{text}");
+    assert!(text.contains("service \"api\""), "{text}");
+    assert!(text.contains("a/api.toml"), "{text}");
+}
+
+#[test]
 fn service_urls_resolve_only_for_used_services() {
     let api = GOOD.replace("\"web\"", "\"api\"").replace("18081", "18090");
     let client = GOOD
@@ -271,8 +295,8 @@ fn service_urls_resolve_only_for_used_services() {
     )
     .expect("valid");
     let env = &c.get("client").expect("client").containers[0].env;
-    assert_eq!(env["A"], "http://10.0.2.2:18090/v1");
-    assert_eq!(env["B"], "http://10.0.2.2:18090");
+    assert_eq!(env["A"], "http://127.0.0.1:18090/v1");
+    assert_eq!(env["B"], "http://127.0.0.1:18090");
     let not_used = client.replace("uses = [\"api\"]\n", "");
     let e = from_sources(
         None,

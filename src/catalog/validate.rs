@@ -931,6 +931,40 @@ pub fn across(
             }
         }
     }
+    // Inside a consumer's network namespace berth listens on each used service's stable port:
+    // the consumer's own containers must not listen there too.
+    for (name, svc) in services {
+        for used in &svc.uses {
+            let Some(u) = services.get(used) else {
+                continue;
+            };
+            for up in u.ports() {
+                for (ci, ctr) in svc.containers.iter().enumerate() {
+                    for (pi, own) in ctr.ports.iter().enumerate() {
+                        if own.container == up.host {
+                            let loc = spans
+                                .get(name)
+                                .and_then(|sp| {
+                                    sp.ports
+                                        .iter()
+                                        .find(|(h, n, _)| *h == own.host && n == &own.name)
+                                })
+                                .and_then(|(_, _, l)| l.clone());
+                            diags.push(Diagnostic::at(
+                                loc.as_ref(),
+                                &svc.origin.file,
+                                format!("containers[{ci}].ports[{pi}].container"),
+                                format!(
+                                    "container port {} clashes with port {:?} of service {used:?} ({}), which this service uses: berth listens on 127.0.0.1:{} inside its containers for it",
+                                    own.container, up.name, u.origin.file.display(), up.host
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
     if let Some(cycle) = uses_cycle(services) {
         let first = &services[&cycle[0]];
         let loc = spans
@@ -946,10 +980,10 @@ pub fn across(
     }
 }
 
-/// Where a container reaches the host's loopback: slirp4netns maps the host's 127.0.0.1 to
-/// this address when started with `allow_host_loopback=true` (which berth does for services
-/// that `use` others).
-pub const HOST_LOOPBACK_FROM_CONTAINER: &str = "10.0.2.2";
+/// Where a container reaches a service it uses: its own loopback, where berth listens for it
+/// on the used service's stable port and relays to that service (the same URL as on the
+/// desktop).
+pub const USED_SERVICE_HOST: &str = "127.0.0.1";
 
 const SERVICE_PREFIX: &str = "${service.";
 
@@ -998,9 +1032,7 @@ pub fn resolve_service_refs(services: &mut BTreeMap<String, Service>, diags: &mu
                         _ => Err(format!("${{service.{}}} is not a known reference (use ${{service.NAME.url}} or ${{service.NAME.PORT.url}})", &after[..end])),
                     };
                     match resolved {
-                        Ok(port) => {
-                            out.push_str(&format!("http://{HOST_LOOPBACK_FROM_CONTAINER}:{port}"))
-                        }
+                        Ok(port) => out.push_str(&format!("http://{USED_SERVICE_HOST}:{port}")),
                         Err(e) => diags.push(Diagnostic::at(
                             None,
                             &file,
