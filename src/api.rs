@@ -200,7 +200,7 @@ async fn web_session<P: Podman + Clone + 'static>(
 }
 
 async fn metrics<P: Podman + Clone + 'static>(AxState(s): AxState<ApiState<P>>) -> Response {
-    crate::metrics::render(&s.metrics)
+    crate::metrics::render(&s.metrics).await
 }
 
 /// The event stream as server-sent events: a snapshot first, then every event; a client that

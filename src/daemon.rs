@@ -335,6 +335,9 @@ where
         snapshots: handle.snapshots(),
         proxy: handle.proxy(),
         push: push.as_ref().map(|p| p.stats()),
+        vm: Arc::new(metrics::VmInfo::new(
+            crate::push::identity::Sources::system(),
+        )),
     };
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     if let Some((listener, access)) = listeners.metrics {
