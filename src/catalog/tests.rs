@@ -369,3 +369,43 @@ fn shm_size_is_refused_in_a_pod() {
     assert_eq!(d[0].line, 18, "{d:?}");
     assert!(d[0].message.contains("Podman 3.4 cannot size"), "{}", d[0]);
 }
+
+#[test]
+fn backup_modes_are_validated_with_their_fields() {
+    let with = |b: &str| {
+        from_sources(
+            None,
+            &[Source::new(
+                "t/web.toml",
+                GOOD.replacen("[[containers]]", &format!("{b}\n[[containers]]"), 1),
+            )],
+        )
+    };
+    let c = with("").expect("no [backup]");
+    assert_eq!(
+        c.get("web").expect("web").backup,
+        crate::catalog::BackupMode::Stop
+    );
+    let c = with("[backup]\nmode = \"live\"").expect("live");
+    assert_eq!(
+        c.get("web").expect("web").backup,
+        crate::catalog::BackupMode::Live
+    );
+    let e = with("[backup]\nmode = \"snapshot\"").expect_err("unknown mode");
+    assert!(e.to_string().contains("backup.mode"), "{e}");
+    assert!(
+        e.to_string().contains("t/web.toml:"),
+        "names the file and line: {e}"
+    );
+    let e = with("[backup]\nmode = \"command\"\ncontainer = \"nope\"\ncommand = [\"true\"]")
+        .expect_err("no such container");
+    assert!(e.to_string().contains("backup.container"), "{e}");
+    let e =
+        with("[backup]\nmode = \"live\"\ncommand = [\"true\"]").expect_err("command without mode");
+    assert!(
+        e.to_string().contains("takes no container or command"),
+        "{e}"
+    );
+    let e = with("[backup]\nmode = \"stop\"\nwhen = \"daily\"").expect_err("unknown field");
+    assert!(e.to_string().contains("when"), "{e}");
+}

@@ -12,8 +12,8 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::model::{
-    Container, FileMount, Gpu, Health, Origin, Policy, Port, Probe, Service, Volume, VolumeSource,
-    SECRET_PREFIX,
+    BackupMode, Container, FileMount, Gpu, Health, Origin, Policy, Port, Probe, Service, Volume,
+    VolumeSource, SECRET_PREFIX,
 };
 use super::raw::{RawContainer, RawPolicy, RawService};
 use super::{Diagnostic, Source};
@@ -487,12 +487,18 @@ pub fn service(
         })
     });
 
+    let backup = match raw.backup.as_ref() {
+        None => BackupMode::default(),
+        Some(b) => backup_mode(&mut cx, b, &containers),
+    };
+
     if diags.len() > before {
         return None;
     }
     Some((
         Service {
             probe,
+            backup,
             name,
             description,
             homepage: raw.homepage,
@@ -511,6 +517,66 @@ pub fn service(
         },
         spans,
     ))
+}
+
+/// `[backup]`: `mode = "stop" | "live" | "command"`; `command` needs `container` (one of the
+/// service's) and a non-empty `command`, which the other modes do not take.
+fn backup_mode(
+    cx: &mut Ctx<'_>,
+    b: &Spanned<crate::catalog::raw::RawBackup>,
+    containers: &[Container],
+) -> BackupMode {
+    let raw = b.get_ref();
+    let mode = raw.mode.get_ref().as_str();
+    let extra = raw.container.is_some() || !raw.command.is_empty();
+    match mode {
+        "stop" | "live" if extra => {
+            cx.err(
+                span_of(&raw.mode),
+                "backup.mode",
+                format!("{mode:?} takes no container or command (only mode = \"command\" does)"),
+            );
+            BackupMode::default()
+        }
+        "stop" => BackupMode::Stop,
+        "live" => BackupMode::Live,
+        "command" => {
+            let Some(c) = raw.container.as_ref() else {
+                cx.err(
+                    span_of(&raw.mode),
+                    "backup.container",
+                    "mode = \"command\" needs the container to run it in",
+                );
+                return BackupMode::default();
+            };
+            if !containers.iter().any(|x| x.name == *c.get_ref()) {
+                cx.err(
+                    span_of(c),
+                    "backup.container",
+                    format!("{:?} is not a container of this service", c.get_ref()),
+                );
+            }
+            if raw.command.is_empty() {
+                cx.err(
+                    span_of(&raw.mode),
+                    "backup.command",
+                    "mode = \"command\" needs a command",
+                );
+            }
+            BackupMode::Command {
+                container: c.get_ref().clone(),
+                command: raw.command.clone(),
+            }
+        }
+        other => {
+            cx.err(
+                span_of(&raw.mode),
+                "backup.mode",
+                format!("{other:?} is not one of stop, live, command"),
+            );
+            BackupMode::default()
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
