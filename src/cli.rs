@@ -332,6 +332,21 @@ pub async fn run(cli: Cli) -> Result<()> {
                 if let Some(e) = &i.podman_error {
                     println!("podman error: {e}");
                 }
+                if i.gpus.is_empty() {
+                    println!("gpus: none (services that can use one run on CPU)");
+                }
+                for g in &i.gpus {
+                    let mem = g
+                        .memory_mib
+                        .map(|m| format!(", {m} MiB"))
+                        .unwrap_or_default();
+                    println!(
+                        "gpu: {} ({}{mem}; {})",
+                        g.device,
+                        g.model.as_deref().unwrap_or("model unknown"),
+                        g.spec
+                    );
+                }
                 match (&i.web_url, &i.web_error) {
                     (Some(u), _) => println!("web page: {u} (`berth dashboard` opens it)"),
                     (None, Some(e)) => println!("web page: {e}"),
@@ -503,6 +518,9 @@ fn print_one_line(st: &ServiceStatus) {
     if let Some(h) = &st.hint {
         line.push_str(&format!("; to retry: {h}"));
     }
+    if let Some(n) = &st.note {
+        line.push_str(&format!(" [{n}]"));
+    }
     println!("{line}");
 }
 
@@ -533,7 +551,12 @@ fn table(list: &[ServiceStatus]) -> String {
             s.choice.as_str(),
             s.state.as_str(),
             ports.join(","),
-            s.reason.as_deref().unwrap_or_default()
+            match (&s.reason, &s.note) {
+                (Some(r), Some(n)) => format!("{r} [{n}]"),
+                (Some(r), None) => r.clone(),
+                (None, Some(n)) => format!("[{n}]"),
+                (None, None) => String::new(),
+            }
         ));
     }
     out

@@ -7,7 +7,7 @@
 //! own.
 
 use std::os::fd::OwnedFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -89,13 +89,26 @@ pub fn detect_render_ctx() -> RenderCtx {
             || "/usr/bin/podman".to_string(),
             |p| p.display().to_string(),
         );
-    let gpu_available = [
-        "/etc/cdi/nvidia.yaml",
-        "/var/run/cdi/nvidia.yaml",
-        "/etc/cdi/nvidia.json",
-    ]
-    .iter()
-    .any(|p| Path::new(p).exists());
+    let dirs: Vec<PathBuf> = std::env::var_os("BERTH_CDI_DIRS").map_or_else(
+        || crate::gpu::CDI_DIRS.iter().map(PathBuf::from).collect(),
+        |v| std::env::split_paths(&v).collect(),
+    );
+    let dir_refs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
+    let gpu = crate::gpu::detect(&dir_refs);
+    for p in &gpu.problems {
+        warn!("GPU: {p}");
+    }
+    if gpu.gpus.is_empty() {
+        info!(
+            "no GPU for containers (no usable CDI spec in {}); services run on CPU",
+            dirs.iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    } else {
+        info!(devices = ?gpu.devices, "GPUs for containers: {}", gpu.gpus.iter().map(|g| g.device.as_str()).collect::<Vec<_>>().join(", "));
+    }
     // The binary that runs now: units call it back (the relays hook). After an upgrade
     // replaced it on disk the link names the old path with " (deleted)": the path is right.
     let berth = std::fs::read_link("/proc/self/exe")
@@ -110,7 +123,8 @@ pub fn detect_render_ctx() -> RenderCtx {
         podman,
         berth,
         api_socket: None,
-        gpu_available,
+        gpu_devices: gpu.devices,
+        gpus: gpu.gpus,
         shared_present: Path::new("/shared").is_dir(),
         systemd_version: 0,
     }

@@ -18,6 +18,7 @@ pub mod engine;
 pub mod files;
 pub mod fsutil;
 pub mod gate;
+pub mod gpu;
 pub mod health;
 pub mod journal;
 pub mod metrics;

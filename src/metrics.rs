@@ -334,6 +334,29 @@ fn registry(snap: &Snapshot) -> Registry {
         ]),
     );
 
+    let gpu = |g: &berth_proto::GpuInfo| {
+        vec![
+            ("device", g.device.clone()),
+            ("model", g.model.clone().unwrap_or_default()),
+        ]
+    };
+    r.register(
+        "berth_gpus",
+        "GPUs containers can get (CDI devices found at the daemon's start)",
+        Gauges(vec![(Vec::new(), d.gpus.len() as i64)]),
+    );
+    r.register_with_unit(
+        "berth_gpu_memory",
+        "Memory of each GPU, where nvidia-smi says",
+        Unit::Bytes,
+        Gauges(
+            d.gpus
+                .iter()
+                .filter_map(|g| g.memory_mib.map(|m| (gpu(g), (m * 1024 * 1024) as i64)))
+                .collect(),
+        ),
+    );
+
     // prometheus-client has no state set type, and an OpenMetrics state set would name its
     // label after the metric. A gauge family with a `state` label and exactly one 1 per service
     // is the shape Prometheus users query (`berth_service_state{state="failed"} == 1`).
@@ -800,6 +823,7 @@ mod tests {
             failure: None,
             hint: None,
             locked: false,
+            note: None,
             unit: format!("berth-{name}.service"),
             unit_state: "active/running".into(),
             ports: Vec::new(),
@@ -824,6 +848,7 @@ mod tests {
                 podman_error: None,
                 web_url: None,
                 web_error: None,
+                gpus: Vec::new(),
                 counters: Counters {
                     passes: 7,
                     systemd_writes: 3,

@@ -438,6 +438,7 @@ mod tests {
             failure: None,
             hint: None,
             locked: false,
+            note: None,
             unit: format!("berth-{name}.service"),
             unit_state: String::new(),
             ports: vec![PortStatus {
@@ -466,6 +467,7 @@ mod tests {
                 podman_error: None,
                 web_url: None,
                 web_error: None,
+                gpus: Vec::new(),
                 counters: Counters::default(),
             },
             services: services

@@ -25,13 +25,22 @@ pub struct RenderCtx {
     pub berth: String,
     /// The daemon's API socket when it is not the usual one (`BERTH_SOCKET`), for that hook.
     pub api_socket: Option<String>,
-    /// A CDI GPU spec (`nvidia.com/gpu=all`) is usable.
-    pub gpu_available: bool,
+    /// CDI devices for a service that wants a GPU (`nvidia.com/gpu=all`); none: no GPU.
+    pub gpu_devices: Vec<String>,
+    /// The GPUs behind them, for `berth info`, /metrics and the push report.
+    pub gpus: Vec<berth_proto::GpuInfo>,
     /// `/shared` is mounted.
     pub shared_present: bool,
     /// Major version of the user's systemd; 0 when unknown. Newer versions get restart
     /// backoff (`RestartSteps=`, systemd 254+), older ones a fixed delay.
     pub systemd_version: u32,
+}
+
+impl RenderCtx {
+    /// Whether a container can get a GPU here.
+    pub fn gpu_available(&self) -> bool {
+        !self.gpu_devices.is_empty()
+    }
 }
 
 impl Default for RenderCtx {
@@ -40,7 +49,8 @@ impl Default for RenderCtx {
             podman: "/usr/bin/podman".into(),
             berth: "/usr/local/bin/berth".into(),
             api_socket: None,
-            gpu_available: false,
+            gpu_devices: Vec::new(),
+            gpus: Vec::new(),
             shared_present: false,
             systemd_version: 0,
         }
@@ -491,9 +501,11 @@ fn run_args(svc: &Service, ctr: &Container, ctx: &RenderCtx, unit: &str, cid: &s
         a.push(raw("--volume"));
         a.push(lit("/shared:/shared"));
     }
-    if svc.gpu != Gpu::None && ctx.gpu_available {
-        a.push(raw("--device"));
-        a.push(lit("nvidia.com/gpu=all"));
+    if svc.gpu != Gpu::None {
+        for d in &ctx.gpu_devices {
+            a.push(raw("--device"));
+            a.push(lit(d));
+        }
     }
     if let Some(h) = &ctr.health {
         a.push(raw("--health-cmd"));
@@ -661,6 +673,32 @@ image = "localhost/b:1"
         // A service that uses nothing has no hook.
         let alone = render(c.get("api").expect("api"), &ctx);
         assert!(alone.iter().all(|u| !u.content.contains("relays-ready")));
+    }
+
+    #[test]
+    fn a_service_that_can_use_a_gpu_gets_every_cdi_device_found() {
+        let text = WEB.replace(
+            "description = \"A 100% web page\"",
+            "description = \"x\"\ngpu = \"optional\"",
+        );
+        let ctx = RenderCtx {
+            gpu_devices: vec!["nvidia.com/gpu=0".into(), "amd.com/gpu=0".into()],
+            ..RenderCtx::default()
+        };
+        let u = &render(&svc(&text), &ctx)[0];
+        assert!(
+            u.content
+                .contains(" --device nvidia.com/gpu=0 --device amd.com/gpu=0 "),
+            "{}",
+            u.content
+        );
+        let none = &render(&svc(&text), &RenderCtx::default())[0];
+        assert!(!none.content.contains("--device"), "no GPU here: CPU");
+        let plain = &render(&svc(WEB), &ctx)[0];
+        assert!(
+            !plain.content.contains("--device"),
+            "a service that wants none gets none"
+        );
     }
 
     #[test]

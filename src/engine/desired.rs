@@ -33,7 +33,7 @@ pub(super) struct Intent {
 
 /// Why a service must not start, whatever the user chose.
 pub(super) fn blocked(svc: &crate::catalog::Service, ctx: &RenderCtx) -> Option<String> {
-    (svc.gpu == Gpu::Required && !ctx.gpu_available)
+    (svc.gpu == Gpu::Required && !ctx.gpu_available())
         .then(|| "needs a GPU and none was found".to_string())
 }
 

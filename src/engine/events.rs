@@ -123,6 +123,7 @@ mod tests {
             since: None,
             probe: None,
             locked: false,
+            note: None,
         }
     }
 

@@ -335,6 +335,7 @@ where
                 bind_errors: &bind_errors,
                 waiting: &self.waiting,
                 pull_failures: &pull_failures,
+                gpu_available: self.ctx.gpu_available(),
             },
             only,
         );

@@ -281,6 +281,7 @@ where
             web_url: self.web.url.clone(),
             web_error: self.web.error.clone(),
             counters: self.counters.clone(),
+            gpus: self.ctx.gpus.clone(),
         }
     }
 }

@@ -42,6 +42,8 @@ pub(super) struct Facts<'a> {
     pub waiting: &'a BTreeMap<String, String>,
     /// Images whose pull failed, image → Podman's reason.
     pub pull_failures: &'a BTreeMap<String, String>,
+    /// A container can get a GPU here.
+    pub gpu_available: bool,
 }
 
 /// The statuses of every service (or only `only`), in catalog order.
@@ -176,5 +178,7 @@ fn one(
         since: None,
         probe,
         locked: false,
+        note: (svc.gpu == crate::catalog::Gpu::Optional && !f.gpu_available)
+            .then(|| "runs on CPU: no GPU found (see `berth info`)".to_string()),
     }
 }

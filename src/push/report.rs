@@ -120,6 +120,9 @@ pub struct Berth {
     /// Set while Podman's API does not answer the daemon.
     #[serde(default)]
     pub podman_error: Option<String>,
+    /// GPUs containers can get.
+    #[serde(default)]
+    pub gpus: Vec<berth_proto::GpuInfo>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,6 +180,7 @@ impl Report {
                 catalog_error: snap.daemon.catalog_error.clone(),
                 catalog_in_force: snap.daemon.catalog_in_force.clone(),
                 podman_error: snap.daemon.podman_error.clone(),
+                gpus: snap.daemon.gpus.clone(),
             },
             services: snap
                 .services
@@ -316,6 +320,7 @@ pub(crate) mod tests {
                 podman_error: None,
                 web_url: None,
                 web_error: None,
+                gpus: Vec::new(),
                 counters: Counters::default(),
             },
             services: services
@@ -329,6 +334,7 @@ pub(crate) mod tests {
                     failure: None,
                     hint: None,
                     locked: false,
+                    note: None,
                     unit: format!("berth-{name}.service"),
                     unit_state: "active/running".into(),
                     ports: vec![PortStatus {
@@ -387,7 +393,8 @@ pub(crate) mod tests {
                 "catalog_serial": "00000000deadbeef",
                 "catalog_error": null,
                 "catalog_in_force": null,
-                "podman_error": null
+                "podman_error": null,
+                "gpus": []
             },
             "services": [{
                 "name": "demo",

@@ -167,6 +167,9 @@ pub struct ServiceStatus {
     /// Policy makes this service required: the user cannot disable or stop it.
     #[serde(default)]
     pub locked: bool,
+    /// Something the user should know that is not a fault (`runs on CPU: no GPU found`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -262,6 +265,23 @@ pub struct DaemonInfo {
     #[serde(default)]
     pub web_error: Option<String>,
     pub counters: Counters,
+    /// GPUs containers can get (CDI), found at the daemon's start.
+    #[serde(default)]
+    pub gpus: Vec<GpuInfo>,
+}
+
+/// A GPU as a container gets it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuInfo {
+    /// Its CDI name, `nvidia.com/gpu=0`.
+    pub device: String,
+    /// `NVIDIA L4`, where `nvidia-smi` says.
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
+    /// The CDI spec file it is listed in.
+    pub spec: String,
 }
 
 /// What one reconcile pass did.
@@ -476,6 +496,7 @@ mod tests {
             since: None,
             probe: None,
             locked: false,
+            note: None,
         }
     }
 
@@ -493,6 +514,7 @@ mod tests {
             web_url: None,
             web_error: None,
             counters: Counters::default(),
+            gpus: Vec::new(),
         };
         let mut p = Snapshot {
             taken_at: 0,

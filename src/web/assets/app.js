@@ -72,6 +72,7 @@ function renderCard(st) {
   $(".desc", c).textContent = st.description;
   let reason = st.reason || "";
   if (st.hint) reason += (reason ? " — " : "") + `to retry: ${st.hint}`;
+  if (st.note) reason += (reason ? " — " : "") + st.note;
   $(".reason", c).textContent = reason;
   const pull = pulls.get(st.name);
   $(".pull", c).hidden = !pull || st.state !== "waiting";
