@@ -252,6 +252,56 @@ fn builtin_catalog_is_valid() {
     }
 }
 
+/// Supabase's kong and studio each sign the anon and service_role keys from the one JWT
+/// secret (a TOML file cannot sign a JWT). Kong only accepts the keys Studio sends if both
+/// sign byte-for-byte the same header and claims.
+#[test]
+fn supabase_kong_and_studio_sign_the_same_api_keys() {
+    let c = load(&Layers {
+        builtin: true,
+        policy: None,
+        files: vec![],
+    })
+    .expect("built-in catalog valid");
+    let s = c.get("supabase").expect("supabase");
+    let file = |ctr: &str, target: &str| {
+        s.containers
+            .iter()
+            .find(|c| c.name == ctr)
+            .and_then(|c| c.files.iter().find(|f| f.target == target))
+            .map(|f| f.content.clone())
+            .unwrap_or_else(|| panic!("{ctr} has no file {target}"))
+    };
+    let kong = file("kong", "/home/kong/berth-start.sh");
+    let studio = file("studio", "/app/berth-api-key.js");
+    for part in [
+        r#"{"alg":"HS256","typ":"JWT"}"#,
+        r#""iss":"supabase","iat":1767225600,"exp":2524608000}"#,
+    ] {
+        assert!(kong.contains(part), "kong lacks {part}");
+        assert!(studio.contains(part), "studio lacks {part}");
+    }
+    // The keys are made from the generated secret, never written into the catalog.
+    for ctr in &s.containers {
+        assert!(
+            ctr.files.iter().all(|f| !f.content.contains("eyJhbGci")),
+            "{} has a literal JWT",
+            ctr.name
+        );
+        assert!(
+            ctr.env.values().all(|v| !v.contains("eyJhbGci")),
+            "{} has a literal JWT",
+            ctr.name
+        );
+    }
+    let studio_ctr = s
+        .containers
+        .iter()
+        .find(|c| c.name == "studio")
+        .expect("studio");
+    assert_eq!(studio_ctr.env["AUTH_JWT_SECRET"], "${secret.jwt_secret}");
+}
+
 #[test]
 fn a_container_port_on_a_used_services_stable_port_is_refused_naming_both() {
     let api = GOOD.replace("\"web\"", "\"api\"").replace("18081", "18090");
