@@ -466,6 +466,7 @@ mod tests {
                 podman_error: None,
                 web_url: None,
                 web_error: None,
+                remote_catalog: None,
                 counters: Counters::default(),
             },
             services: services

@@ -316,6 +316,7 @@ pub(crate) mod tests {
                 podman_error: None,
                 web_url: None,
                 web_error: None,
+                remote_catalog: None,
                 counters: Counters::default(),
             },
             services: services

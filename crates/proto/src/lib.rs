@@ -262,6 +262,45 @@ pub struct DaemonInfo {
     #[serde(default)]
     pub web_error: Option<String>,
     pub counters: Counters,
+    /// The signed remote catalog, when config.toml names one.
+    #[serde(default)]
+    pub remote_catalog: Option<RemoteCatalogInfo>,
+}
+
+/// The signed remote catalog as the daemon last saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteCatalogInfo {
+    pub url: String,
+    /// The serial of the remote catalog in force; `None` before the first good one.
+    pub serial: Option<u64>,
+    /// Unix seconds at which the catalog in force expires.
+    pub expiry: Option<u64>,
+    /// Unix seconds of the last fetch that was good (applied, or unchanged).
+    pub last_success: Option<u64>,
+    /// Unix seconds of the last fetch, good or not.
+    pub last_attempt: Option<u64>,
+    /// Why the last fetch changed nothing (bad signature, unknown key, older serial, expired,
+    /// a broken catalog, the server down…); `None` after a good one.
+    pub error: Option<String>,
+    /// Fetches that failed since the daemon started.
+    pub failures_total: u64,
+    /// Fetches answered 304 Not Modified since the daemon started.
+    pub not_modified_total: u64,
+}
+
+/// The answer to `POST /v1/catalog/fetch`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchAnswer {
+    /// Only verified and compared: nothing was applied or kept.
+    pub dry_run: bool,
+    /// The server said 304 Not Modified (or sent the catalog in force again).
+    pub unchanged: bool,
+    /// The serial of the catalog fetched (or in force, when unchanged).
+    pub serial: Option<u64>,
+    /// Services the catalog adds, changes, removes (compared with the catalog in force).
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
 }
 
 /// What one reconcile pass did.
@@ -485,6 +524,7 @@ mod tests {
             podman_error: None,
             web_url: None,
             web_error: None,
+            remote_catalog: None,
             counters: Counters::default(),
         };
         let mut p = Snapshot {
