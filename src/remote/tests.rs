@@ -611,3 +611,30 @@ fn jitter_stays_within_a_tenth() {
         assert!(j >= base.mul_f64(0.9) && j <= base.mul_f64(1.1), "{j:?}");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_task_polls_at_once_then_every_interval_and_on_demand() {
+    let admin = Signer::new();
+    let (server, engine, files) = (MemServer::default(), FakeEngine::default(), MemFiles::new());
+    let v1 = catalog(1, LATER, 18241);
+    server.publish(&v1, admin.sign(&v1));
+    let r = Remote::load(settings(keys(&[&admin])), server.clone(), files, NOW).await;
+    let (handle, task) = super::spawn(r, engine.clone());
+    // 2000 s of (virtual) time at 900 s ± 90 s: the first poll at once, then two more.
+    tokio::time::sleep(std::time::Duration::from_secs(2000)).await;
+    assert_eq!(server.0.lock().expect("lock").asked.len(), 3);
+    // On demand, between the scheduled ones.
+    let a = handle.fetch(false).await.expect("fetch");
+    assert!(a.unchanged, "{a:?}");
+    assert_eq!(server.0.lock().expect("lock").asked.len(), 4);
+    let seen = engine.0.lock().expect("lock").seen.clone();
+    assert_eq!(
+        seen.first().map(|i| i.serial),
+        Some(None),
+        "the status before any poll"
+    );
+    assert_eq!(seen.last().map(|i| i.serial), Some(Some(1)));
+    assert_eq!(seen.last().map(|i| i.not_modified_total), Some(3));
+    drop(handle);
+    task.await.expect("the task ends with its last handle");
+}
