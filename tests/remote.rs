@@ -253,6 +253,59 @@ impl Signer {
     }
 }
 
+/// The admin's own tool, as README tells them: a key made and catalogs signed with the
+/// `minisign` program (Debian's package; scripts/test-env installs it).
+struct MinisignTool {
+    dir: std::path::PathBuf,
+}
+
+impl MinisignTool {
+    fn new(dir: &std::path::Path) -> MinisignTool {
+        let dir = dir.join("admin-keys");
+        std::fs::create_dir_all(&dir).expect("key dir");
+        let o = std::process::Command::new("minisign")
+            .args(["-G", "-W", "-p"])
+            .arg(dir.join("catalog.pub"))
+            .arg("-s")
+            .arg(dir.join("catalog.key"))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("cannot run minisign ({e}): install the minisign package (scripts/test-env does)")
+            });
+        assert!(o.status.success(), "minisign -G: {}", text(&o));
+        MinisignTool { dir }
+    }
+
+    /// The key's base64 line, as config.toml wants it.
+    fn public(&self) -> String {
+        let pub_file = std::fs::read_to_string(self.dir.join("catalog.pub")).expect("catalog.pub");
+        pub_file
+            .lines()
+            .nth(1)
+            .expect("key line")
+            .trim()
+            .to_string()
+    }
+
+    /// `minisign -S -m catalog.toml`: the `.minisig` it writes.
+    fn sign(&self, catalog: &str) -> Vec<u8> {
+        let file = self.dir.join("catalog.toml");
+        std::fs::write(&file, catalog).expect("catalog.toml");
+        let o = std::process::Command::new("minisign")
+            .arg("-S")
+            .arg("-s")
+            .arg(self.dir.join("catalog.key"))
+            .arg("-m")
+            .arg(&file)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("minisign -S");
+        assert!(o.status.success(), "minisign -S: {}", text(&o));
+        std::fs::read(self.dir.join("catalog.toml.minisig")).expect("catalog.toml.minisig")
+    }
+}
+
 /// A remote catalog with `serial` holding the test's service (and its `description`).
 fn bundle(serial: u64, expiry: &str, description: &str) -> String {
     let svc = web_service(SERVICE, SERVICE_PORT)
@@ -261,10 +314,10 @@ fn bundle(serial: u64, expiry: &str, description: &str) -> String {
     format!("[remote]\nserial = {serial}\nexpiry = \"{expiry}\"\n\n[[services]]\n{svc}")
 }
 
-fn setup(w: &World, server: &Server, keys: &[&Signer]) {
+fn setup(w: &World, server: &Server, keys: &[String]) {
     let ca = w.dir.path().join("catalog-ca.pem");
     std::fs::write(&ca, &server.ca_pem).expect("ca file");
-    let keys: Vec<String> = keys.iter().map(|k| format!("\"{}\"", k.public())).collect();
+    let keys: Vec<String> = keys.iter().map(|k| format!("\"{k}\"")).collect();
     w.config(&format!(
         "[web]\nenabled = false\n\n[remote_catalog]\nurl = \"https://127.0.0.1:{SERVER_PORT}/catalog.toml\"\n\
          public_keys = [{}]\npoll_interval = \"1h\"\nca_file = \"{}\"\n",
@@ -305,7 +358,7 @@ fn a_signed_catalog_adds_a_service_and_refused_ones_change_nothing() {
     let v1 = bundle(1, LATER, "from the remote catalog");
     server.publish(&v1, &admin.sign(&v1));
     server.up();
-    setup(&w, &server, &[&admin]);
+    setup(&w, &server, &[admin.public()]);
 
     // The daemon fetches at start: the service is in the catalog and gets its unit.
     w.start_daemon();
@@ -442,12 +495,13 @@ fn the_remote_catalog_keeps_working_with_its_server_down_and_across_a_restart() 
         return;
     };
     let mut w = World::new(&[SERVICE]);
-    let admin = Signer::new();
+    // Signed with the standard minisign program this time, as an admin would.
+    let admin = MinisignTool::new(w.dir.path());
     let mut server = Server::new();
     let v1 = bundle(1, LATER, "from the remote catalog");
     server.publish(&v1, &admin.sign(&v1));
     server.up();
-    setup(&w, &server, &[&admin]);
+    setup(&w, &server, &[admin.public()]);
     w.start_daemon();
     wait_serial(&w, 1);
     w.ok(&["enable", SERVICE]);

@@ -95,8 +95,14 @@ impl<F: Fetch, Fs: Files> Remote<F, Fs> {
                 Ok(k) => match settings
                     .keys
                     .check(k.catalog.as_bytes(), k.signature.as_bytes())
+                    .and_then(|()| signed_header(&k))
                 {
-                    Ok(()) => Some(k),
+                    Ok(h) => Some(Kept {
+                        // The signed text's own serial and expiry, not the file's copy.
+                        serial: h.serial,
+                        expiry: h.expiry,
+                        ..k
+                    }),
                     Err(e) => {
                         warn!(path = %settings.kept_path.display(), "the kept remote catalog is not used: {e}");
                         None
@@ -277,6 +283,18 @@ impl<F: Fetch, Fs: Files> Remote<F, Fs> {
             warn!(path = %self.settings.kept_path.display(), %err, "cannot keep the remote catalog on disk");
         }
     }
+}
+
+/// The header of a kept catalog's (signed) text.
+fn signed_header(k: &Kept) -> Result<crate::catalog::remote::Header, verify::Refused> {
+    crate::catalog::remote::header(&k.source()).map_err(|d| {
+        verify::Refused::Header(
+            d.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    })
 }
 
 /// An on-demand fetch (`berth catalog fetch [--dry-run]`).

@@ -584,14 +584,24 @@ async fn a_kept_copy_whose_key_was_taken_out_is_not_used() {
     )
     .await;
     assert!(r.in_force().is_none(), "the old key is no longer trusted");
-    // An expired kept copy still serves, and says so.
+    // The serial is the signed text's, whatever the file says beside it.
+    let edited = Kept {
+        serial: 99,
+        ..k.clone()
+    };
+    files.put(&path, serde_json::to_vec(&edited).expect("json"));
     let r = Remote::load(
         settings(keys(&[&old])),
         MemServer::default(),
-        files,
-        NOW + 7200,
+        files.clone(),
+        NOW,
     )
     .await;
+    assert_eq!(r.info().serial, Some(4));
+    // An expired kept copy still serves, and says so.
+    let stale = kept(5, &catalog(5, EARLIER, 18241), &old);
+    files.put(&path, serde_json::to_vec(&stale).expect("json"));
+    let r = Remote::load(settings(keys(&[&old])), MemServer::default(), files, NOW).await;
     assert!(r.in_force().is_some());
     assert!(
         r.info()
