@@ -360,6 +360,20 @@ fn a_signed_catalog_adds_a_service_and_refused_ones_change_nothing() {
     server.up();
     setup(&w, &server, &[admin.public()]);
 
+    // The admin checks the file before signing it.
+    let file = w.dir.path().join("catalog.toml");
+    std::fs::write(&file, &v1).expect("catalog.toml");
+    let out = w.ok(&["catalog", "validate", "--remote", path_str(&file)]);
+    assert!(out.contains("ok: remote catalog serial 1"), "{out}");
+    std::fs::write(&file, v1.replace(&SERVICE_PORT.to_string(), "80")).expect("catalog.toml");
+    let o = w.berth(&["catalog", "validate", "--remote", path_str(&file)]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("catalog.toml:16:8: containers[0].ports[0].host"),
+        "{}",
+        text(&o)
+    );
+
     // The daemon fetches at start: the service is in the catalog and gets its unit.
     w.start_daemon();
     wait_serial(&w, 1);

@@ -220,3 +220,32 @@ impl Fetch for HttpsFetch {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_or_empty_ca_file_says_so_and_the_fetcher_keeps_saying_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("ca.pem");
+        let f = Fetcher::new("https://127.0.0.1:18249/c.toml", Some(&missing));
+        let Fetcher::Unusable(why) = &f else {
+            panic!("{f:?}")
+        };
+        assert!(
+            why.contains("cannot read remote_catalog.ca_file") && why.contains("ca.pem"),
+            "{why}"
+        );
+        std::fs::write(&missing, "not a certificate\n").expect("write");
+        match HttpsFetch::new("https://127.0.0.1:18249/c.toml", Some(&missing)) {
+            Err(TlsSetupError::NoCa(p)) => assert_eq!(p, missing),
+            other => panic!("{other:?}"),
+        }
+        let r = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(f.fetch(None));
+        assert!(matches!(r, Err(m) if m.contains("ca_file")));
+    }
+}
