@@ -415,15 +415,7 @@ pub fn from_sources(
     let mut order: Vec<String> = Vec::new();
     for src in sources {
         if remote::is_remote(&src.path) {
-            let mut seen = std::collections::BTreeSet::new();
             for (svc, sp) in remote::services(src, &policy, &mut diags) {
-                if !seen.insert(svc.name.clone()) {
-                    diags.push(src.diagnostic(
-                        None,
-                        "services".into(),
-                        format!("service {:?} is defined twice", svc.name),
-                    ));
-                }
                 order.retain(|n| n != &svc.name);
                 order.push(svc.name.clone());
                 spans.insert(svc.name.clone(), sp);

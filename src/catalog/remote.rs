@@ -125,8 +125,19 @@ pub fn services(
     let Some(raw) = parse::<RawBundle>(src, diags) else {
         return Vec::new();
     };
-    raw.services
-        .into_iter()
-        .filter_map(|s| validate::service(src, s, policy, diags))
-        .collect()
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for s in raw.services {
+        let name = s.name.get_ref().clone();
+        if !seen.insert(name.clone()) {
+            diags.push(src.diagnostic(
+                Some(s.name.span()),
+                "name".into(),
+                format!("service {name:?} is defined twice in this file"),
+            ));
+            continue;
+        }
+        out.extend(validate::service(src, s, policy, diags));
+    }
+    out
 }

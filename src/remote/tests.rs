@@ -290,6 +290,20 @@ fn the_bundle_is_validated_like_admin_files_with_its_own_lines() {
 }
 
 #[test]
+fn a_service_twice_in_the_bundle_names_the_second() {
+    let one = catalog(3, LATER, 18241);
+    let services = &one[one.find("[[services]]").expect("services")..];
+    let text = format!("{one}\n{}", services.replace("18241", "18248"));
+    let src = Source::new(crate::catalog::remote::source_path(URL), text);
+    let e = crate::catalog::from_sources(None, &[src]).expect_err("twice");
+    assert!(
+        e.to_string()
+            .contains("<remote>/catalog.toml:17:8: name: service \"it-remote\" is defined twice"),
+        "{e}"
+    );
+}
+
+#[test]
 fn a_bundle_clashing_with_a_built_in_port_is_blamed() {
     // demo's stable port is 18080.
     let src = Source::new(
