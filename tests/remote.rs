@@ -1,7 +1,8 @@
 //! The signed remote catalog against a real HTTPS server on 127.0.0.1 (hyper + tokio-rustls,
 //! a certificate from a CA made here with rcgen and trusted through `ca_file`), a real
 //! daemon, and the real systemd and Podman: a signed catalog adds a service that gets its
-//! unit; tampered, wrongly keyed, replayed, rolled back and expired catalogs change nothing;
+//! unit; tampered, wrongly keyed, replayed, rolled back, expired and invalid catalogs change
+//! nothing;
 //! an unchanged catalog costs a 304 without a body; the catalog keeps working with its
 //! server down, across a daemon restart too.
 
@@ -434,6 +435,7 @@ fn a_signed_catalog_adds_a_service_and_refused_ones_change_nothing() {
     let older = bundle(1, LATER, "rolled back");
     let replay = bundle(2, LATER, "replayed");
     let expired = bundle(3, EARLIER, "expired");
+    let invalid = bundle(3, LATER, "invalid").replace(&SERVICE_PORT.to_string(), "80");
     let cases: Vec<(&str, &str, Vec<u8>)> = vec![
         ("bad signature", &tampered, admin.sign(&v2)),
         ("unknown key", &keyed, stranger.sign(&keyed)),
@@ -448,6 +450,12 @@ fn a_signed_catalog_adds_a_service_and_refused_ones_change_nothing() {
             admin.sign(&replay),
         ),
         ("expired at 2020-01-01", &expired, admin.sign(&expired)),
+        (
+            "serial 3 does not validate as a catalog layer: 1 problem in the catalog:\n  \
+             <remote>/catalog.toml:16:8: containers[0].ports[0].host",
+            &invalid,
+            admin.sign(&invalid),
+        ),
     ];
     for (i, (want, text, sig)) in cases.iter().enumerate() {
         server.publish(text, sig);
@@ -481,7 +489,7 @@ fn a_signed_catalog_adds_a_service_and_refused_ones_change_nothing() {
     assert_eq!(metric(&m, "berth_remote_catalog_serial"), Some(2), "{m}");
     assert_eq!(
         metric(&m, "berth_remote_catalog_fetch_failures_total"),
-        Some(5),
+        Some(6),
         "{m}"
     );
     assert_eq!(metric(&m, "berth_remote_catalog_error"), Some(1), "{m}");
