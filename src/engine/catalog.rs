@@ -76,7 +76,17 @@ fn read(etc: &Path, remote: Option<Source>) -> (Result<LayerSources, CatalogErro
         Ok(layers) => {
             let stamp = stamp(&layers);
             let mut src = catalog::read_layers(&layers);
-            src.files.extend(remote);
+            if let Some(r) = remote {
+                // Right after the built-in and admin files: any later layer (the user's own)
+                // stays after it.
+                let admin = etc.join("catalog.d");
+                let at = src
+                    .files
+                    .iter()
+                    .rposition(|f| catalog::is_builtin(&f.path) || f.path.starts_with(&admin))
+                    .map_or(0, |i| i + 1);
+                src.files.insert(at, r);
+            }
             (Ok(src), stamp)
         }
         Err(e) => (Err(e), Vec::new()),
