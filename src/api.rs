@@ -40,6 +40,8 @@ pub struct ApiState<P> {
     pub stopping: tokio::sync::watch::Receiver<bool>,
     /// The local web page, to hand out login links: `Err` says why there is none.
     pub web: Result<crate::web::WebLink, String>,
+    /// The remote catalog's task, when config.toml names one.
+    pub remote: Option<crate::remote::RemoteHandle>,
 }
 
 /// One place that decides the HTTP status and code of each engine error. No `_` arm: a new
@@ -101,6 +103,7 @@ pub fn router<P: Podman + Clone + 'static>(state: ApiState<P>) -> Router {
         .route("/v1/plan", get(plan::<P>))
         .route("/v1/reconcile", post(reconcile::<P>))
         .route("/v1/catalog/reload", post(reload::<P>))
+        .route("/v1/catalog/fetch", post(fetch::<P>))
         .route("/v1/web/session", post(web_session::<P>))
         .route("/metrics", get(metrics::<P>))
         .fallback(not_found)
@@ -170,6 +173,30 @@ async fn reload<P: Podman + Clone + 'static>(
 ) -> ApiResult<ReloadAnswer> {
     let services = s.engine.reload().await?;
     Ok(Json(ReloadAnswer { services }))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct FetchQuery {
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// Fetches the remote catalog now; a refused one is a 422 with the reason.
+async fn fetch<P: Podman + Clone + 'static>(
+    AxState(s): AxState<ApiState<P>>,
+    Query(q): Query<FetchQuery>,
+) -> Response {
+    let Some(remote) = &s.remote else {
+        return error(
+            StatusCode::CONFLICT,
+            ErrorCode::BadRequest,
+            "no remote catalog: config.toml has no [remote_catalog]".into(),
+        );
+    };
+    match remote.fetch(q.dry_run).await {
+        Ok(a) => Json(a).into_response(),
+        Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::Catalog, e),
+    }
 }
 
 #[derive(Debug, Deserialize)]

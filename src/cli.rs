@@ -188,6 +188,19 @@ pub enum CatalogCmd {
         /// Validate the files alone, without the other layers.
         #[arg(long)]
         alone: bool,
+        /// The file is a remote catalog (a `[remote]` header and `[[services]]`), checked as
+        /// the layer after /etc/berth/catalog.d, before you sign it.
+        #[arg(long)]
+        remote: bool,
+    },
+    /// Fetch the remote catalog now (config.toml [remote_catalog]) and apply it if it is
+    /// newer, verified and valid.
+    Fetch {
+        /// Verify it and show what it would change, without applying or keeping it.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -362,6 +375,19 @@ pub async fn run(cli: Cli) -> Result<()> {
                         println!("in force meanwhile: {f}");
                     }
                 }
+                if let Some(r) = &i.remote_catalog {
+                    let serial = r
+                        .serial
+                        .map_or_else(|| "none yet".to_string(), |s| format!("serial {s}"));
+                    let good = r.last_success.map_or_else(|| "never".to_string(), when);
+                    println!(
+                        "remote catalog: {} ({serial}; last good fetch {good})",
+                        r.url
+                    );
+                    if let Some(e) = &r.error {
+                        println!("remote catalog error: {e}");
+                    }
+                }
                 let c = &i.counters;
                 println!(
                     "passes {}, systemd writes {}, podman writes {}, file writes {}",
@@ -378,8 +404,30 @@ pub async fn run(cli: Cli) -> Result<()> {
             no_start,
         } => restore(&name, from.as_deref(), no_start).await,
         Cmd::Catalog {
-            command: CatalogCmd::Validate { paths, alone },
-        } => validate(&paths, alone),
+            command:
+                CatalogCmd::Validate {
+                    paths,
+                    alone,
+                    remote,
+                },
+        } => {
+            if remote {
+                validate_remote(&paths, alone)
+            } else {
+                validate(&paths, alone)
+            }
+        }
+        Cmd::Catalog {
+            command: CatalogCmd::Fetch { dry_run, json },
+        } => {
+            let a = client()?.fetch_catalog(dry_run).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&a)?);
+            } else {
+                print_fetch(&a);
+            }
+            Ok(())
+        }
         Cmd::Setup(args) => crate::setup::cli::run(args),
         Cmd::NetnsSockets => crate::proxy::netns::serve_helper().context("netns-sockets helper"),
         Cmd::RelaysReady { name, socket, wait } => {
@@ -389,6 +437,34 @@ pub async fn run(cli: Cli) -> Result<()> {
             .await
             .with_context(|| format!("forward {listen} to {to}")),
     }
+}
+
+fn print_fetch(a: &berth_proto::FetchAnswer) {
+    let serial = a
+        .serial
+        .map_or_else(|| "none".to_string(), |s| s.to_string());
+    if a.unchanged {
+        println!("remote catalog unchanged (serial {serial} in force)");
+        return;
+    }
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    println!(
+        "{} remote catalog serial {serial}",
+        if a.dry_run {
+            "dry run: verified, would put in force"
+        } else {
+            "in force:"
+        }
+    );
+    println!("  added:   {}", list(&a.added));
+    println!("  changed: {}", list(&a.changed));
+    println!("  removed: {}", list(&a.removed));
 }
 
 fn print_report(r: &PassReport) {
@@ -630,6 +706,9 @@ fn warn_about(info: &DaemonInfo) {
     if let Some(e) = &info.podman_error {
         eprintln!("warning: {e}; services keep running, container details may be old\n");
     }
+    if let Some(e) = info.remote_catalog.as_ref().and_then(|r| r.error.as_ref()) {
+        eprintln!("warning: remote catalog: {e}\n");
+    }
 }
 
 /// `2026-12-01 20:43:10 UTC (5 min ago)`.
@@ -870,6 +949,47 @@ fn validate(paths: &[PathBuf], alone: bool) -> Result<()> {
         names.len(),
         cat.services.len()
     );
+    Ok(())
+}
+
+/// `berth catalog validate --remote FILE`: the header and every service, as the daemon would
+/// check the fetched file (the signature aside).
+fn validate_remote(paths: &[PathBuf], alone: bool) -> Result<()> {
+    let [path] = paths else {
+        bail!("--remote checks one remote catalog file at a time");
+    };
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let src = catalog::Source::new(catalog::remote::source_path(&path.to_string_lossy()), text);
+    let header = catalog::remote::header(&src).map_err(catalog::CatalogError::Invalid)?;
+    let layers = if alone {
+        Layers {
+            builtin: false,
+            policy: None,
+            files: Vec::new(),
+        }
+    } else {
+        Layers::standard(&etc_dir())?
+    };
+    let mut read = catalog::read_layers(&layers);
+    if !read.unreadable.is_empty() {
+        return Err(catalog::CatalogError::Invalid(read.unreadable).into());
+    }
+    read.files.push(src);
+    let cat = catalog::from_sources(read.policy.as_ref(), &read.files)?;
+    let mine = cat
+        .services
+        .values()
+        .filter(|s| catalog::remote::is_remote(&s.origin.file))
+        .count();
+    println!(
+        "ok: remote catalog serial {}, expires {}; {mine} services in it, {} in the combined catalog",
+        header.serial,
+        format_unix(header.expiry),
+        cat.services.len()
+    );
+    if header.expiry <= now_unix() {
+        bail!("it has expired already: berth would refuse it");
+    }
     Ok(())
 }
 

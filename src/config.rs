@@ -19,12 +19,22 @@ struct RawConfig {
     notifications: Option<RawNotifications>,
     web: Option<RawWeb>,
     backup: Option<RawBackupConfig>,
+    remote_catalog: Option<RawRemoteCatalog>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawBackupConfig {
     dir: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRemoteCatalog {
+    url: Spanned<String>,
+    public_keys: Spanned<Vec<Spanned<String>>>,
+    poll_interval: Option<Spanned<String>>,
+    ca_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -80,6 +90,24 @@ pub struct WebConfig {
     pub listen: SocketAddr,
 }
 
+/// The signed remote catalog (`[remote_catalog]`; see `crate::remote`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteCatalogConfig {
+    /// `https://…/catalog.toml`; its minisign signature is at the same URL plus `.minisig`.
+    pub url: String,
+    /// Minisign public keys (the base64 line of `minisign.pub`); a catalog signed by any one
+    /// of them is taken.
+    pub public_keys: Vec<String>,
+    /// Time between polls (each wait is jittered by up to a tenth either way).
+    pub poll_interval: Duration,
+    /// A PEM file of the CA that signed the server's certificate: then only that CA is trusted
+    /// for the catalog's server. Without it, the system's CA store.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// How often the remote catalog is polled unless config.toml says otherwise.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(15 * 60);
+
 /// Where the page listens unless config.toml says otherwise.
 pub const DEFAULT_WEB_LISTEN: &str = "127.0.0.1:7380";
 
@@ -92,6 +120,7 @@ pub struct Config {
     /// `[backup] dir`: where `berth backup` writes (`~` is the user's home); None: the user's
     /// folder on /shared, else a local one (see `backup`).
     pub backup_dir: Option<PathBuf>,
+    pub remote_catalog: Option<RemoteCatalogConfig>,
 }
 
 impl Default for Config {
@@ -108,6 +137,7 @@ impl Default for Config {
                 listen: SocketAddr::from(([127, 0, 0, 1], 7380)),
             },
             backup_dir: None,
+            remote_catalog: None,
         }
     }
 }
@@ -240,12 +270,93 @@ impl Config {
                 ));
             }
         }
+        if let Some(r) = raw.remote_catalog {
+            cfg.remote_catalog = remote_catalog(src, r, &mut diags);
+        }
         if diags.is_empty() {
             Ok(cfg)
         } else {
             Err(ConfigError::Invalid(diags))
         }
     }
+}
+
+fn remote_catalog(
+    src: &Source,
+    r: RawRemoteCatalog,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<RemoteCatalogConfig> {
+    let before = diags.len();
+    let url = r.url.get_ref().clone();
+    let valid_url = url
+        .strip_prefix("https://")
+        .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'))
+        && url.parse::<hyper::Uri>().is_ok();
+    if !valid_url {
+        diags.push(src.diagnostic(
+            Some(r.url.span()),
+            "remote_catalog.url".into(),
+            "must be an https:// URL (the catalog changes what runs here: plain http is refused)"
+                .into(),
+        ));
+    }
+    if r.public_keys.get_ref().is_empty() {
+        diags.push(src.diagnostic(
+            Some(r.public_keys.span()),
+            "remote_catalog.public_keys".into(),
+            "needs at least one minisign public key".into(),
+        ));
+    }
+    let mut public_keys = Vec::new();
+    for (i, k) in r.public_keys.get_ref().iter().enumerate() {
+        let key = k.get_ref().trim();
+        match minisign_verify::PublicKey::from_base64(key) {
+            Ok(_) => public_keys.push(key.to_string()),
+            Err(e) => diags.push(src.diagnostic(
+                Some(k.span()),
+                format!("remote_catalog.public_keys[{i}]"),
+                format!("not a minisign public key (the base64 line of minisign.pub): {e}"),
+            )),
+        }
+    }
+    let poll_interval = match &r.poll_interval {
+        None => DEFAULT_POLL_INTERVAL,
+        Some(s) => match parse_duration(s.get_ref()) {
+            Ok(d) if d >= Duration::from_secs(1) => d,
+            Ok(_) => {
+                diags.push(src.diagnostic(
+                    Some(s.span()),
+                    "remote_catalog.poll_interval".into(),
+                    "must be at least 1s".into(),
+                ));
+                DEFAULT_POLL_INTERVAL
+            }
+            Err(e) => {
+                diags.push(src.diagnostic(
+                    Some(s.span()),
+                    "remote_catalog.poll_interval".into(),
+                    e,
+                ));
+                DEFAULT_POLL_INTERVAL
+            }
+        },
+    };
+    let ca_file = r.ca_file.as_ref().map(|f| PathBuf::from(f.get_ref()));
+    if let (Some(f), Some(p)) = (&r.ca_file, &ca_file) {
+        if !p.is_absolute() {
+            diags.push(src.diagnostic(
+                Some(f.span()),
+                "remote_catalog.ca_file".into(),
+                "must be an absolute path".into(),
+            ));
+        }
+    }
+    (diags.len() == before).then_some(RemoteCatalogConfig {
+        url,
+        public_keys,
+        poll_interval,
+        ca_file,
+    })
 }
 
 /// Reads a bearer token file: trimmed, non-empty.
@@ -297,6 +408,60 @@ mod tests {
         assert!(e.to_string().contains(":2:7: push.url"), "{e}");
         let e = parse("[metric]\n").expect_err("unknown");
         assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+
+    const KEY: &str = "RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3";
+
+    #[test]
+    fn remote_catalog_settings() {
+        let c = parse(&format!(
+            "[remote_catalog]\nurl = \"https://cat.example/berth/catalog.toml\"\npublic_keys = [\"{KEY}\"]\n"
+        ))
+        .expect("valid");
+        let r = c.remote_catalog.expect("remote");
+        assert_eq!(r.poll_interval, DEFAULT_POLL_INTERVAL);
+        assert_eq!(r.public_keys, vec![KEY.to_string()]);
+        assert_eq!(r.ca_file, None);
+        let c = parse(&format!(
+            "[remote_catalog]\nurl = \"https://127.0.0.1:18241/c.toml\"\npublic_keys = [\"{KEY}\"]\npoll_interval = \"2s\"\nca_file = \"/etc/berth/ca.pem\"\n"
+        ))
+        .expect("valid");
+        let r = c.remote_catalog.expect("remote");
+        assert_eq!(r.poll_interval, Duration::from_secs(2));
+        assert_eq!(r.ca_file, Some(PathBuf::from("/etc/berth/ca.pem")));
+
+        let e = parse(&format!(
+            "[remote_catalog]\nurl = \"http://cat.example/c.toml\"\npublic_keys = [\"{KEY}\"]\n"
+        ))
+        .expect_err("plain http");
+        assert!(
+            e.to_string()
+                .contains("config.toml:2:7: remote_catalog.url"),
+            "{e}"
+        );
+        let e = parse(
+            "[remote_catalog]\nurl = \"https://c.example/c.toml\"\npublic_keys = [\"RWQnope\"]\n",
+        )
+        .expect_err("bad key");
+        assert!(
+            e.to_string()
+                .contains(":3:16: remote_catalog.public_keys[0]"),
+            "{e}"
+        );
+        let e = parse("[remote_catalog]\nurl = \"https://c.example/c.toml\"\npublic_keys = []\n")
+            .expect_err("no key");
+        assert!(
+            e.to_string().contains(":3:15: remote_catalog.public_keys"),
+            "{e}"
+        );
+        let e = parse(&format!(
+            "[remote_catalog]\nurl = \"https://c.example/c.toml\"\npublic_keys = [\"{KEY}\"]\nsignature = \"x\"\n"
+        ))
+        .expect_err("unknown field");
+        assert!(
+            e.to_string().contains(":4:1: unknown field `signature`"),
+            "{e}"
+        );
     }
 
     #[test]

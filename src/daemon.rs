@@ -274,7 +274,23 @@ where
     } = settings;
     let systemd = edges.systemd.clone();
     let podman = edges.podman.clone();
-    let (engine, handle) = Engine::new(edges, paths.clone(), ctx).await?;
+    // [remote_catalog]: the kept copy is a layer from the start, fetched anew right after.
+    let remote = match &config.remote_catalog {
+        Some(rc) => match crate::remote::Settings::new(rc, &paths) {
+            Ok(s) => {
+                let fetch = crate::remote::http::Fetcher::new(&rc.url, rc.ca_file.as_deref());
+                let now = edges.clock.now_unix();
+                Some(crate::remote::Remote::load(s, fetch, edges.files.clone(), now).await)
+            }
+            Err(err) => {
+                warn!(%err, "the remote catalog is off: {err}");
+                None
+            }
+        },
+        None => None,
+    };
+    let in_force = remote.as_ref().and_then(|r| r.in_force());
+    let (engine, handle) = Engine::with_remote(edges, paths.clone(), ctx, in_force).await?;
     let mut tasks = JoinSet::new();
     // Consumers subscribe before the engine runs, so they see its first transitions.
     tasks.spawn(crate::journal::run(handle.events()));
@@ -286,6 +302,13 @@ where
         ));
     }
     tasks.spawn(engine.run());
+    let remote = remote.map(|r| {
+        let (h, task) = crate::remote::spawn(r, handle.clone());
+        tasks.spawn(async move {
+            let _ended_or_aborted = task.await;
+        });
+        h
+    });
     let (relay_fds, port_fds): (Vec<_>, Vec<_>) = listeners
         .ports
         .into_iter()
@@ -420,6 +443,7 @@ where
         metrics: Arc::new(sources),
         stopping: stopping.clone(),
         web: web_link,
+        remote,
     };
     if let Some((listener, addr)) = web_listener {
         let web_state = crate::web::WebState {

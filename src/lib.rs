@@ -28,6 +28,7 @@ pub mod plan;
 pub mod podman;
 pub mod proxy;
 pub mod push;
+pub mod remote;
 pub mod secret;
 pub mod setup;
 pub mod state;

@@ -467,6 +467,44 @@ fn registry(snap: &Snapshot) -> Registry {
          else 0",
         ConstGauge::new(i64::from(d.catalog_error.is_some())),
     );
+    if let Some(rc) = &d.remote_catalog {
+        r.register(
+            "berth_remote_catalog_serial",
+            "Serial of the signed remote catalog in force (0 before the first good one)",
+            ConstGauge::new(rc.serial.unwrap_or(0) as i64),
+        );
+        r.register(
+            "berth_remote_catalog_fetch_failures",
+            "Fetches of the remote catalog that changed nothing because they failed (server \
+             down, bad signature, unknown key, older serial, replay, expired, invalid) since \
+             the daemon started",
+            ConstCounter::new(rc.failures_total),
+        );
+        r.register(
+            "berth_remote_catalog_not_modified",
+            "Fetches of the remote catalog answered 304 Not Modified since the daemon started",
+            ConstCounter::new(rc.not_modified_total),
+        );
+        r.register(
+            "berth_remote_catalog_error",
+            "1 while the last fetch of the remote catalog failed or the one in force has \
+             expired, else 0",
+            ConstGauge::new(i64::from(rc.error.is_some())),
+        );
+        r.register_with_unit(
+            "berth_remote_catalog_last_success_timestamp",
+            "Unix time of the last good fetch of the remote catalog (applied or unchanged); 0 \
+             for none",
+            Unit::Seconds,
+            ConstGauge::new(rc.last_success.unwrap_or(0) as i64),
+        );
+        r.register_with_unit(
+            "berth_remote_catalog_expiry_timestamp",
+            "Unix time at which the remote catalog in force expires; 0 for none",
+            Unit::Seconds,
+            ConstGauge::new(rc.expiry.unwrap_or(0) as i64),
+        );
+    }
     r.register(
         "berth_podman_up",
         "1 while Podman's API answered the daemon's last question, else 0 (services keep \
@@ -849,6 +887,7 @@ mod tests {
                 web_url: None,
                 web_error: None,
                 gpus: Vec::new(),
+                remote_catalog: None,
                 counters: Counters {
                     passes: 7,
                     systemd_writes: 3,

@@ -468,6 +468,7 @@ mod tests {
                 web_url: None,
                 web_error: None,
                 gpus: Vec::new(),
+                remote_catalog: None,
                 counters: Counters::default(),
             },
             services: services

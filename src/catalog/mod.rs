@@ -1,7 +1,9 @@
 //! Service definitions: parsing, layering and validating the catalog and the admin policy.
 //!
 //! Layers, later replacing earlier services of the same name whole:
-//! the built-in catalog (embedded from `config/catalog/`), then `<etc>/catalog.d/*.toml`.
+//! the built-in catalog (embedded from `config/catalog/`), then `<etc>/catalog.d/*.toml`, then
+//! the signed remote catalog ([`remote`], one file of many services, verified before it
+//! gets here).
 //! A file with `patch = true` changes only the fields it names of the service before it
 //! ([`patch`]).
 //! Problems are collected, not stopped at: one run reports every broken field with its
@@ -11,6 +13,7 @@
 pub mod model;
 pub mod patch;
 pub mod raw;
+pub mod remote;
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -411,6 +414,15 @@ pub fn from_sources(
     // Service names in layer order: a clash is blamed on the later layer.
     let mut order: Vec<String> = Vec::new();
     for src in sources {
+        if remote::is_remote(&src.path) {
+            for (svc, sp) in remote::services(src, &policy, &mut diags) {
+                order.retain(|n| n != &svc.name);
+                order.push(svc.name.clone());
+                spans.insert(svc.name.clone(), sp);
+                services.insert(svc.name.clone(), svc);
+            }
+            continue;
+        }
         if patch::is_patch(&src.text) == Some(true) {
             patch::apply(src, &mut services, &mut diags);
             continue;

@@ -292,7 +292,13 @@ pub fn service(
             "name",
             format!("{name:?} is not a valid service name ([a-z][a-z0-9-]*, at most {MAX_NAME} characters)"),
         );
-    } else if let Some(stem) = src.path.file_stem().and_then(|s| s.to_str()) {
+    } else if let Some(stem) = src
+        .path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        // The remote catalog holds many services in one file.
+        .filter(|_| !super::remote::is_remote(&src.path))
+    {
         if stem != name {
             cx.err(
                 span_of(&raw.name),

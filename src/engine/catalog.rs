@@ -9,6 +9,9 @@
 //!   broken files' services are left out. A broken policy with no good copy leaves berth
 //!   holding: it shows the services but applies nothing, because the default policy does not
 //!   know what the administrator meant to deny.
+//! - The verified remote catalog (`crate::remote`) is one more layer after the admin files. A
+//!   new one is offered by [`CatalogState::offer_remote`]: put in force only if the layers
+//!   with it validate; a dry run says what it would change and keeps nothing.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -35,6 +38,8 @@ pub(super) struct CatalogState {
     pub hold: bool,
     stamp: Stamp,
     last_good: PathBuf,
+    /// The remote catalog in force (verified), the layer after the admin files.
+    remote: Option<Source>,
 }
 
 /// The admin files of a catalog that validated, as kept on disk.
@@ -65,15 +70,59 @@ impl SourceCopy {
     }
 }
 
-/// Reads the layers under `etc` (blocking).
-fn read(etc: &Path) -> (Result<LayerSources, CatalogError>, Stamp) {
+/// Reads the layers under `etc` (blocking), with the remote catalog after the admin files.
+fn read(etc: &Path, remote: Option<Source>) -> (Result<LayerSources, CatalogError>, Stamp) {
     match Layers::standard(etc) {
         Ok(layers) => {
             let stamp = stamp(&layers);
-            (Ok(catalog::read_layers(&layers)), stamp)
+            let mut src = catalog::read_layers(&layers);
+            if let Some(r) = remote {
+                // Right after the built-in and admin files: any later layer (the user's own)
+                // stays after it.
+                let admin = etc.join("catalog.d");
+                let at = src
+                    .files
+                    .iter()
+                    .rposition(|f| catalog::is_builtin(&f.path) || f.path.starts_with(&admin))
+                    .map_or(0, |i| i + 1);
+                src.files.insert(at, r);
+            }
+            (Ok(src), stamp)
         }
         Err(e) => (Err(e), Vec::new()),
     }
+}
+
+/// Reads the layers on the blocking pool.
+async fn read_async(
+    etc: &Path,
+    remote: Option<Source>,
+) -> (Result<LayerSources, CatalogError>, Stamp) {
+    let etc = etc.to_path_buf();
+    tokio::task::spawn_blocking(move || read(&etc, remote))
+        .await
+        .unwrap_or_else(|_| (Ok(LayerSources::default()), Vec::new()))
+}
+
+/// The services `new` adds, changes and removes compared with `old`.
+fn diff(old: &Catalog, new: &Catalog) -> berth_proto::FetchAnswer {
+    let mut a = berth_proto::FetchAnswer::default();
+    for (name, svc) in &new.services {
+        match old.services.get(name) {
+            None => a.added.push(name.clone()),
+            Some(o) if serde_json::to_value(o).ok() != serde_json::to_value(svc).ok() => {
+                a.changed.push(name.clone());
+            }
+            Some(_) => {}
+        }
+    }
+    a.removed = old
+        .services
+        .keys()
+        .filter(|n| !new.services.contains_key(*n))
+        .cloned()
+        .collect();
+    a
 }
 
 fn stamp(layers: &Layers) -> Stamp {
@@ -114,12 +163,16 @@ fn count(n: usize) -> String {
 
 impl CatalogState {
     /// The catalog at the daemon's start (see the module's rules).
-    pub async fn boot(etc: &Path, files: &impl Files, last_good: PathBuf, now: u64) -> Self {
-        let etc_owned = etc.to_path_buf();
-        let (read, stamp) = tokio::task::spawn_blocking(move || read(&etc_owned))
-            .await
-            .unwrap_or_else(|_| (Ok(LayerSources::default()), Vec::new()));
+    pub async fn boot(
+        etc: &Path,
+        files: &impl Files,
+        last_good: PathBuf,
+        now: u64,
+        remote: Option<Source>,
+    ) -> Self {
+        let (read, stamp) = read_async(etc, remote.clone()).await;
         let mut st = CatalogState {
+            remote,
             current: Arc::new(Catalog::default()),
             error: None,
             in_force: None,
@@ -252,10 +305,7 @@ impl CatalogState {
         files: &impl Files,
         now: u64,
     ) -> Result<usize, String> {
-        let etc_owned = etc.to_path_buf();
-        let (read, stamp) = tokio::task::spawn_blocking(move || read(&etc_owned))
-            .await
-            .unwrap_or_else(|_| (Ok(LayerSources::default()), Vec::new()));
+        let (read, stamp) = read_async(etc, self.remote.clone()).await;
         self.stamp = stamp;
         let result = read.and_then(|src| validate(&src).map(|c| (c, src)));
         match result {
@@ -277,6 +327,29 @@ impl CatalogState {
                 Err(msg)
             }
         }
+    }
+
+    /// Validates the layers with `remote` as the remote catalog; unless `dry_run`, puts it in
+    /// force when they do. What it adds, changes and removes; the problems when it does not
+    /// validate (nothing changes then).
+    pub async fn offer_remote(
+        &mut self,
+        etc: &Path,
+        files: &impl Files,
+        remote: Source,
+        now: u64,
+        dry_run: bool,
+    ) -> Result<berth_proto::FetchAnswer, String> {
+        let (read, stamp) = read_async(etc, Some(remote.clone())).await;
+        let src = read.map_err(|e| describe(&e))?;
+        let c = validate(&src).map_err(|e| describe(&e))?;
+        let change = diff(&self.current, &c);
+        if !dry_run {
+            self.stamp = stamp;
+            self.remote = Some(remote);
+            self.accept(files, c, &src, now).await;
+        }
+        Ok(change)
     }
 
     /// Whether a layer file changed on disk since the last read (blocking metadata reads on

@@ -73,6 +73,15 @@ pub enum Command {
     },
     /// Where the local web page serves, or why it does not (part of the daemon's info).
     Web(super::WebSeen),
+    /// A verified remote catalog: validated as the layer after the admin files and, unless
+    /// `dry_run`, put in force (a pass follows).
+    OfferRemote {
+        source: crate::catalog::Source,
+        dry_run: bool,
+        reply: oneshot::Sender<Result<berth_proto::FetchAnswer, EngineError>>,
+    },
+    /// The remote catalog's status (part of the daemon's info).
+    RemoteSeen(berth_proto::RemoteCatalogInfo),
     /// The current picture and, from that very moment, every event after it.
     Subscribe {
         reply: oneshot::Sender<(Arc<Snapshot>, broadcast::Receiver<Event>)>,
@@ -216,6 +225,29 @@ impl crate::proxy::ports::Engine for Handle {
 
     fn seen_idle(&self, service: &str) -> bool {
         self.seen(service, |st| st.state == berth_proto::State::Idle)
+    }
+}
+
+impl crate::remote::Engine for Handle {
+    async fn offer(
+        &self,
+        source: crate::catalog::Source,
+        dry_run: bool,
+    ) -> Result<berth_proto::FetchAnswer, String> {
+        self.ask(|reply| Command::OfferRemote {
+            source,
+            dry_run,
+            reply,
+        })
+        .await
+        .and_then(|r| r)
+        .map_err(|e| e.to_string())
+    }
+
+    async fn seen(&self, info: berth_proto::RemoteCatalogInfo) {
+        if self.tx.send(Command::RemoteSeen(info)).await.is_err() {
+            tracing::debug!("engine gone; remote catalog status dropped");
+        }
     }
 }
 

@@ -110,6 +110,8 @@ pub struct Engine<S, P, F, C> {
     first_pass: bool,
     podman_seen: PodmanSeen,
     web: WebSeen,
+    /// The remote catalog's status, as its task last reported it.
+    remote_seen: Option<berth_proto::RemoteCatalogInfo>,
     inspected: InspectCache,
     probes: Probes,
     seen: Tracker,
@@ -182,6 +184,17 @@ where
         paths: Paths,
         ctx: RenderCtx,
     ) -> Result<(Self, Handle), StateError> {
+        Self::with_remote(edges, paths, ctx, None).await
+    }
+
+    /// [`Engine::new`] with the verified remote catalog kept from before (`crate::remote`)
+    /// as the layer after the admin files.
+    pub async fn with_remote(
+        edges: Edges<S, P, F, C>,
+        paths: Paths,
+        ctx: RenderCtx,
+        remote: Option<crate::catalog::Source>,
+    ) -> Result<(Self, Handle), StateError> {
         let state = UserState::load(&edges.files, &paths.state_file()).await?;
         let secrets = SecretStore::new(paths.secrets_dir());
         let now = edges.clock.now_unix();
@@ -190,6 +203,7 @@ where
             &edges.files,
             paths.state_dir.join("catalog-last-good.json"),
             now,
+            remote,
         )
         .await;
         let (catalog_tx, catalog_rx) = watch::channel(catalog.current.clone());
@@ -230,6 +244,7 @@ where
             first_pass: true,
             podman_seen: PodmanSeen::default(),
             web: WebSeen::default(),
+            remote_seen: None,
             inspected: InspectCache::default(),
             probes: Probes::new(probe_tx),
             seen: Tracker::default(),
@@ -282,6 +297,7 @@ where
             web_error: self.web.error.clone(),
             counters: self.counters.clone(),
             gpus: self.ctx.gpus.clone(),
+            remote_catalog: self.remote_seen.clone(),
         }
     }
 }

@@ -202,6 +202,31 @@ where
                     self.refresh_all().await;
                 }
             }
+            Command::OfferRemote {
+                source,
+                dry_run,
+                reply,
+            } => {
+                let now = self.now();
+                let r = self
+                    .catalog
+                    .offer_remote(self.paths.etc(), &self.edges.files, source, now, dry_run)
+                    .await;
+                let applied = r.is_ok() && !dry_run;
+                if applied {
+                    self.out.catalog.send_replace(self.catalog.current.clone());
+                }
+                let _caller_may_have_left = reply.send(r.map_err(super::EngineError::Catalog));
+                if applied {
+                    self.pass_and_refresh().await;
+                }
+            }
+            Command::RemoteSeen(info) => {
+                if self.remote_seen.as_ref() != Some(&info) {
+                    self.remote_seen = Some(info);
+                    self.refresh_all().await;
+                }
+            }
             Command::Subscribe { reply } => {
                 let snapshot = self.current_snapshot().await;
                 // Subscribed here, in the engine's own task: no event can slip in between

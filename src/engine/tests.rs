@@ -668,3 +668,91 @@ mod property {
         }
     }
 }
+
+/// `services` as a remote catalog with `serial`.
+fn remote_bundle(serial: u64, services: &[(&str, u16)]) -> crate::catalog::Source {
+    let mut text = format!("[remote]\nserial = {serial}\nexpiry = \"2030-01-01T00:00:00Z\"\n");
+    for (name, port) in services {
+        text.push_str("\n[[services]]\n");
+        text.push_str(&service(name, *port).replace("[[containers", "[[services.containers"));
+    }
+    crate::catalog::Source::new(
+        crate::catalog::remote::source_path("https://c.example/catalog.toml"),
+        text,
+    )
+}
+
+#[tokio::test]
+async fn a_remote_layer_is_validated_over_the_others_and_a_broken_one_changes_nothing() {
+    use crate::remote::Engine as _;
+    let rig = Rig::new();
+    rig.catalog("a.toml", &service("a", 19001));
+    rig.choose(&["a"]);
+    let e = rig.start().await;
+
+    // A dry run says what it would add and changes nothing.
+    let a = e
+        .handle
+        .offer(remote_bundle(1, &[("r", 19002)]), true)
+        .await
+        .expect("dry run");
+    assert_eq!(a.added, ["r"]);
+    assert!(e.handle.catalog().get("r").is_none());
+
+    let a = e
+        .handle
+        .offer(remote_bundle(1, &[("r", 19002)]), false)
+        .await
+        .expect("in force");
+    assert_eq!(
+        (a.added.as_slice(), a.removed.len()),
+        (&["r".to_string()][..], 0)
+    );
+    let r = e
+        .handle
+        .catalog()
+        .get("r")
+        .cloned()
+        .expect("r in the catalog");
+    assert_eq!(r.origin.file, PathBuf::from("<remote>/catalog.toml"));
+    e.handle.act("r", Verb::Enable).await.expect("enable");
+    assert_eq!(rig.systemd.active(&unit("r")), "active");
+    let starts = rig.systemd.starts(&unit("a"));
+
+    // A port clash with the admin layer: refused with the bundle's line, nothing changes.
+    let err = e
+        .handle
+        .offer(remote_bundle(2, &[("r", 19001)]), false)
+        .await
+        .expect_err("clash");
+    assert!(
+        err.contains("<remote>/catalog.toml:15:8: ports.http.host"),
+        "{err}"
+    );
+    let ports: Vec<u16> = e
+        .handle
+        .catalog()
+        .get("r")
+        .expect("r")
+        .ports()
+        .map(|p| p.host)
+        .collect();
+    assert_eq!(ports, [19002]);
+    assert_eq!(rig.systemd.active(&unit("r")), "active");
+
+    // A reload of the admin files keeps the remote layer.
+    e.handle.reload().await.expect("reload");
+    assert!(e.handle.catalog().get("r").is_some());
+
+    // A newer catalog without the service takes it away; `a` is not restarted by any of it.
+    let a = e
+        .handle
+        .offer(remote_bundle(3, &[]), false)
+        .await
+        .expect("in force");
+    assert_eq!(a.removed, ["r"]);
+    assert!(e.handle.catalog().get("r").is_none());
+    assert_eq!(rig.systemd.active(&unit("r")), "inactive");
+    assert_eq!(rig.systemd.starts(&unit("a")), starts);
+    e.stop().await;
+}

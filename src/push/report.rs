@@ -123,6 +123,13 @@ pub struct Berth {
     /// GPUs containers can get.
     #[serde(default)]
     pub gpus: Vec<berth_proto::GpuInfo>,
+    /// The serial of the signed remote catalog in force (absent without a remote catalog or
+    /// before its first good fetch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_catalog_serial: Option<u64>,
+    /// Why the last fetch of the remote catalog changed nothing (absent when it went well).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_catalog_error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,6 +188,12 @@ impl Report {
                 catalog_in_force: snap.daemon.catalog_in_force.clone(),
                 podman_error: snap.daemon.podman_error.clone(),
                 gpus: snap.daemon.gpus.clone(),
+                remote_catalog_serial: snap.daemon.remote_catalog.as_ref().and_then(|r| r.serial),
+                remote_catalog_error: snap
+                    .daemon
+                    .remote_catalog
+                    .as_ref()
+                    .and_then(|r| r.error.clone()),
             },
             services: snap
                 .services
@@ -321,6 +334,7 @@ pub(crate) mod tests {
                 web_url: None,
                 web_error: None,
                 gpus: Vec::new(),
+                remote_catalog: None,
                 counters: Counters::default(),
             },
             services: services
@@ -414,6 +428,24 @@ pub(crate) mod tests {
         assert_eq!(back, r);
         let machine = serde_json::to_value(IdentitySource::MachineId).expect("json");
         assert_eq!(machine, "machine-id");
+    }
+
+    #[test]
+    fn the_remote_catalog_serial_and_error_are_reported_when_there_is_one() {
+        let snap = snapshot(&[("demo", State::Running, None)]);
+        let r = Report::build(&identity(), &snap, 1, SentReason::Change, 1_700_000_000, 0);
+        let v = serde_json::to_value(&r).expect("json");
+        assert!(v["berth"].get("remote_catalog_serial").is_none(), "{v}");
+        let mut snap = snap;
+        snap.daemon.remote_catalog = Some(berth_proto::RemoteCatalogInfo {
+            serial: Some(42),
+            error: Some("bad signature".into()),
+            ..berth_proto::RemoteCatalogInfo::default()
+        });
+        let r = Report::build(&identity(), &snap, 2, SentReason::Change, 1_700_000_000, 0);
+        let v = serde_json::to_value(&r).expect("json");
+        assert_eq!(v["berth"]["remote_catalog_serial"], 42);
+        assert_eq!(v["berth"]["remote_catalog_error"], "bad signature");
     }
 
     #[test]

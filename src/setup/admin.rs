@@ -135,6 +135,9 @@ pub fn prepare(opts: &Options) -> Result<Prepared, SetupError> {
                 if let Some(t) = cfg.push.and_then(|p| p.bearer_token_file) {
                     out.tokens.push(("push.bearer_token_file".into(), t));
                 }
+                if let Some(t) = cfg.remote_catalog.and_then(|r| r.ca_file) {
+                    out.tokens.push(("remote_catalog.ca_file".into(), t));
+                }
                 for (field, t) in &out.tokens {
                     if !opts.at(t).is_file() {
                         diags.push(diag(

@@ -8,7 +8,8 @@
 use std::path::{Path, PathBuf};
 
 use berth_proto::{
-    DaemonInfo, ErrorBody, ErrorCode, PassReport, Plan, ReloadAnswer, ServiceStatus, Verb,
+    DaemonInfo, ErrorBody, ErrorCode, FetchAnswer, PassReport, Plan, ReloadAnswer, ServiceStatus,
+    Verb,
 };
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::{Bytes, Incoming};
@@ -202,6 +203,16 @@ impl Client {
 
     pub async fn reconcile(&self) -> Result<PassReport, ClientError> {
         self.post("/v1/reconcile").await
+    }
+
+    /// Fetches the remote catalog now (`dry_run`: verify and compare only).
+    pub async fn fetch_catalog(&self, dry_run: bool) -> Result<FetchAnswer, ClientError> {
+        self.post(if dry_run {
+            "/v1/catalog/fetch?dry_run=true"
+        } else {
+            "/v1/catalog/fetch"
+        })
+        .await
     }
 
     pub async fn reload(&self) -> Result<ReloadAnswer, ClientError> {

@@ -268,6 +268,9 @@ pub struct DaemonInfo {
     /// GPUs containers can get (CDI), found at the daemon's start.
     #[serde(default)]
     pub gpus: Vec<GpuInfo>,
+    /// The signed remote catalog, when config.toml names one.
+    #[serde(default)]
+    pub remote_catalog: Option<RemoteCatalogInfo>,
 }
 
 /// A GPU as a container gets it.
@@ -282,6 +285,42 @@ pub struct GpuInfo {
     pub memory_mib: Option<u64>,
     /// The CDI spec file it is listed in.
     pub spec: String,
+}
+
+/// The signed remote catalog as the daemon last saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteCatalogInfo {
+    pub url: String,
+    /// The serial of the remote catalog in force; `None` before the first good one.
+    pub serial: Option<u64>,
+    /// Unix seconds at which the catalog in force expires.
+    pub expiry: Option<u64>,
+    /// Unix seconds of the last fetch that was good (applied, or unchanged).
+    pub last_success: Option<u64>,
+    /// Unix seconds of the last fetch, good or not.
+    pub last_attempt: Option<u64>,
+    /// Why the last fetch changed nothing (bad signature, unknown key, older serial, expired,
+    /// a broken catalog, the server down…); `None` after a good one.
+    pub error: Option<String>,
+    /// Fetches that failed since the daemon started.
+    pub failures_total: u64,
+    /// Fetches answered 304 Not Modified since the daemon started.
+    pub not_modified_total: u64,
+}
+
+/// The answer to `POST /v1/catalog/fetch`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchAnswer {
+    /// Only verified and compared: nothing was applied or kept.
+    pub dry_run: bool,
+    /// The server said 304 Not Modified (or sent the catalog in force again).
+    pub unchanged: bool,
+    /// The serial of the catalog fetched (or in force, when unchanged).
+    pub serial: Option<u64>,
+    /// Services the catalog adds, changes, removes (compared with the catalog in force).
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
 }
 
 /// What one reconcile pass did.
@@ -513,6 +552,7 @@ mod tests {
             podman_error: None,
             web_url: None,
             web_error: None,
+            remote_catalog: None,
             counters: Counters::default(),
             gpus: Vec::new(),
         };
