@@ -206,9 +206,19 @@ fn after_a_kill_9_of_berth_new_connections_wait_and_are_served() {
         .trim()
         .to_string();
         assert!(pid != "0" && !pid.is_empty(), "berth runs under {name}");
-        kills.push(t0.elapsed());
+        let sent = t0.elapsed();
         let o = run("kill", &["-KILL", &pid]);
         assert!(o.status.success(), "{}", text(&o));
+        // The signal takes effect a moment later (more under load): until the process is gone
+        // it may still accept a connection and then be cut. A request is "after" the kill
+        // only once the process is dead (a zombie or reaped).
+        let dead = wait_for(Duration::from_secs(5), || {
+            let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = st.rsplit_once(") ").map(|(_, r)| r.chars().next());
+            matches!(state, None | Some(Some('Z')) | Some(Some('X'))).then_some(())
+        });
+        assert!(dead.is_some(), "berth (pid {pid}) did not die of SIGKILL");
+        kills.push((sent, t0.elapsed()));
         // systemd restarts it (Restart=on-failure, RestartSec=2); wait until it answers.
         let back = wait_for(Duration::from_secs(20), || {
             let answered = w.berth(&["info"]).status.success();
@@ -227,7 +237,9 @@ fn after_a_kill_9_of_berth_new_connections_wait_and_are_served() {
         .into_iter()
         .flat_map(|c| c.join().expect("client thread"))
         .collect();
-    let in_flight = |(s, e, _): &(Duration, Duration, bool)| kills.iter().any(|k| s < k && k < e);
+    let in_flight = |(s, e, _): &(Duration, Duration, bool)| {
+        kills.iter().any(|(sent, gone)| s < gone && sent < e)
+    };
     let (cut, after): (Vec<&(Duration, Duration, bool)>, Vec<_>) =
         done.iter().partition(|r| in_flight(r));
     let cut_failed = cut.iter().filter(|r| !r.2).count();
@@ -237,7 +249,7 @@ fn after_a_kill_9_of_berth_new_connections_wait_and_are_served() {
         .filter(|(s, e, ok)| {
             *ok && kills
                 .iter()
-                .any(|k| s > k && *e - *s > Duration::from_millis(500))
+                .any(|(_, gone)| s > gone && *e - *s > Duration::from_millis(500))
         })
         .count();
     println!(
