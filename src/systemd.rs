@@ -18,18 +18,26 @@ use zbus_systemd::zbus;
 #[derive(Debug, thiserror::Error)]
 pub enum SystemdError {
     #[error("cannot connect to the systemd user manager on the session bus (is this a user session with DBUS_SESSION_BUS_ADDRESS set?)")]
-    Connect(#[source] zbus::Error),
+    Connect(#[source] Box<zbus::Error>),
     #[error("systemd: {what}")]
     Call {
         what: String,
+        // Boxed: zbus's error is large, and this one travels through every engine result.
         #[source]
-        source: zbus::Error,
+        source: Box<zbus::Error>,
     },
 }
 
 fn call(what: impl Into<String>) -> impl FnOnce(zbus::Error) -> SystemdError {
     let what = what.into();
-    move |source| SystemdError::Call { what, source }
+    move |source| SystemdError::Call {
+        what,
+        source: Box::new(source),
+    }
+}
+
+fn connect(e: zbus::Error) -> SystemdError {
+    SystemdError::Connect(Box::new(e))
 }
 
 /// State of one loaded unit.
@@ -122,14 +130,12 @@ impl UserManager {
         // A call that systemd never answers must not hold the engine forever: systemd answers
         // at once (jobs are waited for separately, bounded), so 30 s means something is wrong.
         let conn = zbus::connection::Builder::session()
-            .map_err(SystemdError::Connect)?
+            .map_err(connect)?
             .method_timeout(Duration::from_secs(30))
             .build()
             .await
-            .map_err(SystemdError::Connect)?;
-        let manager = ManagerProxy::new(&conn)
-            .await
-            .map_err(SystemdError::Connect)?;
+            .map_err(connect)?;
+        let manager = ManagerProxy::new(&conn).await.map_err(connect)?;
         // Without Subscribe the manager sends no job and unit signals.
         manager.subscribe().await.map_err(call("subscribe"))?;
         Ok(UserManager { conn, manager })

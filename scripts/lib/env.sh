@@ -55,6 +55,7 @@ BERTH_ENV_TEST_PACKAGES=(
     cloud-init               # `cloud-init schema` and python3-yaml: tests/cloud_init.rs
     chromium                 # tests/web.rs drives the local web page in a real browser
     chromium-driver          #   through its WebDriver
+    haskell-status-notifier-item-utils  # status-notifier-watcher: tests/tray.rs's tray host
 )
 # Podman needs a container network stack (Debian's containers-common depends
 # on the virtual package "container-network-stack"). With --no-install-recommends

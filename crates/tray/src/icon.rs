@@ -38,7 +38,7 @@ fn paint(h: Health, x: f32, y: f32) -> Option<bool> {
     let r = (x * x + y * y).sqrt();
     match h {
         Health::Fine => (r <= 0.9).then_some(false),
-        Health::Busy => (r <= 0.9 && r >= 0.42).then_some(false),
+        Health::Busy => (0.42..=0.9).contains(&r).then_some(false),
         Health::Failed => {
             if r > 0.9 {
                 None
@@ -46,7 +46,7 @@ fn paint(h: Health, x: f32, y: f32) -> Option<bool> {
                 Some(x.abs() <= 0.55 && y.abs() <= 0.16)
             }
         }
-        Health::Down => (r <= 0.85 && r >= 0.62).then_some(false),
+        Health::Down => (0.62..=0.85).contains(&r).then_some(false),
     }
 }
 

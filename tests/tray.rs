@@ -1,0 +1,551 @@
+//! berth-tray in a real tray host: a private D-Bus session with a real StatusNotifierWatcher
+//! (Debian's `haskell-status-notifier-item-utils`), a real berth daemon on the real systemd
+//! user manager and rootless Podman. The test reads the item and its menu over D-Bus like a
+//! panel does (`com.canonical.dbusmenu.GetLayout`) and clicks like a user (`Event clicked`).
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use zbus::zvariant::{OwnedValue, Value};
+use zbus_systemd::zbus;
+
+const PAGE_PORT: u16 = 18221;
+const SERVICE_PORT: u16 = 18222;
+const SERVICE: &str = "it-tray";
+
+/// A child process killed (by its own PID) and reaped on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _already_gone = self.0.kill();
+        let _reaped = self.0.wait();
+    }
+}
+
+fn which(cmd: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(cmd))
+            .find(|c| c.is_file())
+    })
+}
+
+/// The berth-tray binary under test: `$BERTH_TRAY_BIN`, else beside the berth binary under
+/// test (scripts/test copies both), else cargo's target directory.
+fn tray_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("BERTH_TRAY_BIN") {
+        return PathBuf::from(p);
+    }
+    let beside = berth_bin().with_file_name("berth-tray");
+    if beside.is_file() {
+        return beside;
+    }
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/debug/berth-tray");
+    assert!(
+        target.is_file(),
+        "no berth-tray binary (looked for $BERTH_TRAY_BIN, {} and {}): build it with `cargo build -p berth-tray` (scripts/test does)",
+        beside.display(),
+        target.display()
+    );
+    target
+}
+
+/// StatusNotifierItem's `ToolTip`: icon name, icon pixmaps, title, text.
+type ToolTip = (String, Vec<(i32, i32, Vec<u8>)>, String, String);
+
+/// One item of the menu, as a tray host reads it.
+#[derive(Debug, Clone)]
+struct Node {
+    id: i32,
+    label: String,
+    enabled: bool,
+    toggle_type: String,
+    toggle_state: i32,
+    children: Vec<Node>,
+}
+
+impl Node {
+    fn walk<'a>(&'a self, out: &mut Vec<&'a Node>) {
+        out.push(self);
+        for c in &self.children {
+            c.walk(out);
+        }
+    }
+
+    fn all(&self) -> Vec<&Node> {
+        let mut out = Vec::new();
+        self.walk(&mut out);
+        out
+    }
+
+    /// The top-level item of a service (`● it-tray — running`).
+    fn service(&self, name: &str) -> Option<&Node> {
+        self.children
+            .iter()
+            .find(|c| c.label.contains(&format!(" {name} — ")))
+    }
+
+    fn text(&self) -> String {
+        let mut s = String::new();
+        for n in self.all().iter().skip(1) {
+            s.push_str(&format!(
+                "[{}] {}{}{}\n",
+                n.id,
+                n.label,
+                if n.enabled { "" } else { " (disabled)" },
+                if n.toggle_type.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {}={}", n.toggle_type, n.toggle_state)
+                }
+            ));
+        }
+        s
+    }
+}
+
+/// A value without its variant wrappers (`v` inside `v`, as nested dbusmenu items come).
+fn bare(v: Value<'static>) -> Value<'static> {
+    match v {
+        Value::Value(inner) => bare(*inner),
+        other => other,
+    }
+}
+
+fn prop<T: TryFrom<Value<'static>>>(
+    props: &HashMap<String, Value<'static>>,
+    key: &str,
+) -> Option<T> {
+    props
+        .get(key)
+        .and_then(|v| v.try_clone().ok()?.try_into().ok())
+}
+
+/// A menu item from its `(ia{sv}av)` structure.
+fn node(v: Value<'static>) -> Node {
+    let Value::Structure(s) = bare(v) else {
+        panic!("a menu item is not a structure");
+    };
+    let mut f = s.into_fields().into_iter().map(bare);
+    let id: i32 = f.next().and_then(|v| v.try_into().ok()).expect("item id");
+    let props: HashMap<String, Value<'static>> = match f.next() {
+        Some(Value::Dict(d)) => {
+            let raw: HashMap<String, OwnedValue> = d.try_into().expect("item properties");
+            raw.into_iter()
+                .map(|(k, v)| (k, bare(Value::from(v))))
+                .collect()
+        }
+        other => panic!("item properties are not a dict: {other:?}"),
+    };
+    let children = match f.next() {
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| node(v.try_to_owned().expect("owned child").into()))
+            .collect(),
+        other => panic!("child list is not an array: {other:?}"),
+    };
+    Node {
+        id,
+        // dbusmenu marks access keys with `_`; a literal one is doubled.
+        label: prop::<String>(&props, "label")
+            .unwrap_or_default()
+            .replace("__", "\u{0}")
+            .replace('_', "")
+            .replace('\u{0}', "_"),
+        enabled: prop(&props, "enabled").unwrap_or(true),
+        toggle_type: prop(&props, "toggle-type").unwrap_or_default(),
+        toggle_state: prop(&props, "toggle-state").unwrap_or(-1),
+        children,
+    }
+}
+
+/// A tray host's view of the bus: the watcher and the item registered with it.
+struct Host {
+    conn: zbus::Connection,
+    item: String,
+    item_path: String,
+    menu_path: String,
+}
+
+impl Host {
+    async fn call(
+        &self,
+        dest: &str,
+        path: &str,
+        iface: &str,
+        method: &str,
+        body: &(impl serde::Serialize + zbus::zvariant::DynamicType),
+    ) -> zbus::Result<zbus::Message> {
+        self.conn
+            .call_method(Some(dest), path, Some(iface), method, body)
+            .await
+    }
+
+    async fn property(&self, name: &str) -> zbus::Result<OwnedValue> {
+        let m = self
+            .call(
+                &self.item,
+                &self.item_path,
+                "org.freedesktop.DBus.Properties",
+                "Get",
+                &("org.kde.StatusNotifierItem", name),
+            )
+            .await?;
+        m.body().deserialize::<OwnedValue>()
+    }
+
+    async fn layout(&self) -> Node {
+        let m = self
+            .call(
+                &self.item,
+                &self.menu_path,
+                "com.canonical.dbusmenu",
+                "GetLayout",
+                &(0i32, -1i32, Vec::<String>::new()),
+            )
+            .await
+            .expect("GetLayout");
+        // `u(ia{sv}av)`: the revision, then the root item.
+        let raw = m.body();
+        let body: zbus::zvariant::Structure = raw.deserialize().expect("layout");
+        let root = body
+            .into_fields()
+            .into_iter()
+            .nth(1)
+            .expect("the root item");
+        node(root.try_to_owned().expect("owned layout").into())
+    }
+
+    async fn click(&self, id: i32) {
+        self.call(
+            &self.item,
+            &self.menu_path,
+            "com.canonical.dbusmenu",
+            "Event",
+            &(id, "clicked", Value::I32(0), 0u32),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("Event clicked on item {id}: {e}"));
+    }
+
+    /// Waits until the menu satisfies `f`; the last layout on timeout.
+    async fn wait_menu(&self, limit: Duration, f: impl Fn(&Node) -> bool) -> Result<Node, Node> {
+        let start = Instant::now();
+        loop {
+            let l = self.layout().await;
+            if f(&l) {
+                return Ok(l);
+            }
+            if start.elapsed() > limit {
+                return Err(l);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn log_of(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+#[test]
+fn the_tray_shows_every_service_turns_one_on_and_survives_the_daemon_restarting() {
+    let Some(_serial) = session("tray") else {
+        return;
+    };
+    let watcher_bin = which("status-notifier-watcher").expect(
+        "no status-notifier-watcher: this test needs a real StatusNotifierWatcher; install Debian's haskell-status-notifier-item-utils (scripts/test installs it)",
+    );
+    let dbus_daemon =
+        which("dbus-daemon").expect("no dbus-daemon: install Debian's dbus (scripts/test does)");
+    let tray = tray_bin();
+
+    let mut w = World::new(&[SERVICE]);
+    w.config(&format!("[web]\nlisten = \"127.0.0.1:{PAGE_PORT}\"\n"));
+    w.catalog_file("it-tray.toml", &web_service(SERVICE, SERVICE_PORT));
+    w.start_daemon();
+
+    // A private session bus, as `dbus-run-session` makes one, for the watcher and the tray
+    // only: berth itself keeps the user bus with its systemd manager.
+    let bus = w.dir.path().join("session-bus");
+    let address = format!("unix:path={}", bus.display());
+    let _bus = Proc(
+        Command::new(&dbus_daemon)
+            .args(["--session", "--nofork", "--address", &address])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start dbus-daemon"),
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), || bus.exists().then_some(())).is_some(),
+        "the private dbus-daemon did not make {}",
+        bus.display()
+    );
+    let watcher_log = w.dir.path().join("watcher.log");
+    let _watcher = Proc(
+        Command::new(&watcher_bin)
+            .env("DBUS_SESSION_BUS_ADDRESS", &address)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(
+                std::fs::File::create(&watcher_log).expect("log"),
+            ))
+            .stderr(Stdio::from(
+                std::fs::File::create(w.dir.path().join("watcher.err")).expect("log"),
+            ))
+            .spawn()
+            .expect("start status-notifier-watcher"),
+    );
+    // The browser: a script that notes each link it is asked to open.
+    let opened = w.dir.path().join("opened.txt");
+    let opener = w.dir.path().join("open.sh");
+    std::fs::write(
+        &opener,
+        format!("#!/bin/sh\necho \"$1\" >> '{}'\n", opened.display()),
+    )
+    .expect("opener");
+    run("chmod", &["755", path_str(&opener)]);
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let conn = zbus::connection::Builder::address(address.as_str())
+            .expect("address")
+            .build()
+            .await
+            .expect("connect to the private bus");
+        // The watcher is up once it owns its name.
+        let start = Instant::now();
+        loop {
+            let m = conn
+                .call_method(
+                    Some("org.freedesktop.DBus"),
+                    "/org/freedesktop/DBus",
+                    Some("org.freedesktop.DBus"),
+                    "NameHasOwner",
+                    &("org.kde.StatusNotifierWatcher",),
+                )
+                .await
+                .expect("NameHasOwner");
+            if m.body().deserialize::<bool>().expect("bool") {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "status-notifier-watcher never took org.kde.StatusNotifierWatcher:\n{}",
+                log_of(&w.dir.path().join("watcher.err"))
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        let tray_log = w.dir.path().join("tray.log");
+        let mut tray_proc = Proc(
+            Command::new(&tray)
+                .env("DBUS_SESSION_BUS_ADDRESS", &address)
+                .env("BERTH_SOCKET", w.socket())
+                .env("BERTH_TRAY_OPEN", &opener)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(std::fs::File::create(&tray_log).expect("log")))
+                .spawn()
+                .expect("start berth-tray"),
+        );
+
+        // The item registers with the watcher, as a panel would find it.
+        let start = Instant::now();
+        let item = loop {
+            let m = conn
+                .call_method(
+                    Some("org.kde.StatusNotifierWatcher"),
+                    "/StatusNotifierWatcher",
+                    Some("org.freedesktop.DBus.Properties"),
+                    "Get",
+                    &("org.kde.StatusNotifierWatcher", "RegisteredStatusNotifierItems"),
+                )
+                .await
+                .expect("RegisteredStatusNotifierItems");
+            let items: Vec<String> = m
+                .body()
+                .deserialize::<OwnedValue>()
+                .ok()
+                .and_then(|v| v.try_into().ok())
+                .unwrap_or_default();
+            if let Some(i) = items.into_iter().next() {
+                break i;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "berth-tray never registered with the watcher:\n{}",
+                log_of(&tray_log)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        // Registered as a bus name, or as `name/path`.
+        let (name, item_path) = match item.split_once('/') {
+            Some((n, p)) => (n.to_string(), format!("/{p}")),
+            None => (item.clone(), "/StatusNotifierItem".to_string()),
+        };
+        let mut host = Host {
+            conn: conn.clone(),
+            item: name,
+            item_path,
+            menu_path: String::new(),
+        };
+        let menu: OwnedValue = host.property("Menu").await.expect("Menu property");
+        host.menu_path = zbus::zvariant::OwnedObjectPath::try_from(menu)
+            .expect("Menu is an object path")
+            .to_string();
+        let id: String = host
+            .property("Id")
+            .await
+            .expect("Id")
+            .try_into()
+            .expect("Id is a string");
+        assert_eq!(id, "berth");
+
+        // Every service, with its state; ours is off.
+        let l = host
+            .wait_menu(Duration::from_secs(15), |l| {
+                l.service(SERVICE).is_some_and(|s| s.label.contains("— off"))
+            })
+            .await
+            .unwrap_or_else(|l| {
+                panic!("the menu never listed {SERVICE} as off:\n{}\ntray log:\n{}", l.text(), log_of(&tray_log))
+            });
+        let service = l.service(SERVICE).expect("service");
+        let enable = service
+            .children
+            .iter()
+            .find(|c| c.toggle_type == "checkmark")
+            .unwrap_or_else(|| panic!("no enable checkbox under {SERVICE}:\n{}", l.text()));
+        assert_eq!(enable.label, "Enabled", "{}", l.text());
+        assert_eq!(enable.toggle_state, 0, "off is unchecked:\n{}", l.text());
+        assert!(enable.enabled, "{}", l.text());
+        for item in ["Open http://127.0.0.1:18222/", "Restart", "Logs"] {
+            assert!(
+                service.children.iter().any(|c| c.label == item),
+                "no {item:?} under {SERVICE}:\n{}",
+                l.text()
+            );
+        }
+        assert!(
+            l.children.iter().any(|c| c.label == "Open dashboard" && c.enabled),
+            "{}",
+            l.text()
+        );
+
+        // Click "Enabled": the service really starts.
+        let clicked = Instant::now();
+        host.click(enable.id).await;
+        let l = host
+            .wait_menu(Duration::from_secs(90), |l| {
+                l.service(SERVICE).is_some_and(|s| {
+                    s.label.contains(&format!("{SERVICE} — running"))
+                        && s.children
+                            .iter()
+                            .any(|c| c.toggle_type == "checkmark" && c.toggle_state == 1)
+                })
+            })
+            .await
+            .unwrap_or_else(|l| {
+                panic!(
+                    "{SERVICE} never showed running after the click:\n{}\nstatus: {}\ntray log:\n{}\ndaemon log:\n{}",
+                    l.text(),
+                    w.status(SERVICE),
+                    log_of(&tray_log),
+                    w.daemon_log()
+                )
+            });
+        eprintln!("clicked → menu shows running: {:?}", clicked.elapsed());
+        assert_eq!(w.status(SERVICE)["state"], "running", "the API agrees");
+        assert_eq!(unit_active(&format!("berth-{SERVICE}.service")), "active");
+        assert_page(SERVICE_PORT);
+        let tip: ToolTip = host
+            .property("ToolTip")
+            .await
+            .expect("ToolTip")
+            .try_into()
+            .expect("ToolTip (sa(iiay)ss)");
+        assert!(tip.3.contains("1 running"), "tooltip: {tip:?}");
+
+        // "Logs" opens the page's log view through a one-time login link.
+        let logs = l
+            .service(SERVICE)
+            .and_then(|s| s.children.iter().find(|c| c.label == "Logs"))
+            .expect("Logs item")
+            .id;
+        host.click(logs).await;
+        let link = wait_for(Duration::from_secs(10), || {
+            std::fs::read_to_string(&opened)
+                .ok()
+                .filter(|s| !s.is_empty())
+        })
+        .unwrap_or_else(|| panic!("Logs opened nothing; tray log:\n{}", log_of(&tray_log)));
+        assert!(
+            link.starts_with(&format!("http://127.0.0.1:{PAGE_PORT}/login?token=")),
+            "{link}"
+        );
+        assert!(link.contains("logs"), "the link lands on the log view: {link}");
+
+        // The daemon dies: the menu says so, the tray stays.
+        w.kill_daemon();
+        let l = host
+            .wait_menu(Duration::from_secs(10), |l| {
+                l.children.first().is_some_and(|c| c.label == "berth is not running")
+            })
+            .await
+            .unwrap_or_else(|l| panic!("the menu never said berth is not running:\n{}", l.text()));
+        assert!(l.service(SERVICE).is_none(), "no stale service:\n{}", l.text());
+        let status: String = host
+            .property("Status")
+            .await
+            .expect("Status")
+            .try_into()
+            .expect("string");
+        assert_eq!(status, "Active");
+
+        // It comes back: the menu recovers by itself, the service still running (systemd kept
+        // it).
+        let back = Instant::now();
+        w.start_daemon();
+        let l = host
+            .wait_menu(Duration::from_secs(20), |l| {
+                l.service(SERVICE)
+                    .is_some_and(|s| s.label.contains(&format!("{SERVICE} — running")))
+            })
+            .await
+            .unwrap_or_else(|l| {
+                panic!("the menu did not recover after the daemon came back:\n{}\ntray log:\n{}", l.text(), log_of(&tray_log))
+            });
+        eprintln!("daemon back → menu recovered: {:?}", back.elapsed());
+        assert!(l.children.first().is_some_and(|c| c.label.starts_with("berth: ")), "{}", l.text());
+        assert!(
+            tray_proc.0.try_wait().expect("try_wait").is_none(),
+            "berth-tray exited:\n{}",
+            log_of(&tray_log)
+        );
+        // Turn it off again through the tray: the unit goes.
+        let disable = l
+            .service(SERVICE)
+            .and_then(|s| s.children.iter().find(|c| c.toggle_type == "checkmark"))
+            .expect("checkbox")
+            .id;
+        host.click(disable).await;
+        host.wait_menu(Duration::from_secs(30), |l| {
+            l.service(SERVICE).is_some_and(|s| s.label.contains("— off"))
+        })
+        .await
+        .unwrap_or_else(|l| panic!("{SERVICE} never showed off after the second click:\n{}", l.text()));
+        assert_eq!(w.status(SERVICE)["choice"], "off");
+        drop(tray_proc);
+    });
+}
