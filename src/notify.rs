@@ -275,16 +275,23 @@ enum CallError {
 
 impl From<zbus::Error> for CallError {
     fn from(e: zbus::Error) -> Self {
-        match &e {
-            zbus::Error::FDO(f)
-                if matches!(
-                    **f,
-                    zbus::fdo::Error::ServiceUnknown(_) | zbus::fdo::Error::NameHasNoOwner(_)
-                ) =>
-            {
-                CallError::NoServer
-            }
-            _ => CallError::Bus(e),
+        // zbus 5 hands the bus's error reply over as `MethodError` with its D-Bus name.
+        let no_server = match &e {
+            zbus::Error::FDO(f) => matches!(
+                **f,
+                zbus::fdo::Error::ServiceUnknown(_) | zbus::fdo::Error::NameHasNoOwner(_)
+            ),
+            zbus::Error::MethodError(name, ..) => matches!(
+                name.as_str(),
+                "org.freedesktop.DBus.Error.ServiceUnknown"
+                    | "org.freedesktop.DBus.Error.NameHasNoOwner"
+            ),
+            _ => false,
+        };
+        if no_server {
+            CallError::NoServer
+        } else {
+            CallError::Bus(e)
         }
     }
 }

@@ -443,28 +443,64 @@ fn the_tray_shows_every_service_turns_one_on_and_survives_the_daemon_restarting(
             l.text()
         );
 
-        // Click "Enabled": the service really starts.
+        // Click "Enabled": the service really starts. The menu's signals are what a panel
+        // redraws on; the first one after which the menu shows the service running is timed
+        // against the moment systemd saw the unit active.
+        let rule = zbus::MatchRule::builder()
+            .msg_type(zbus::message::Type::Signal)
+            .sender(host.item.as_str())
+            .and_then(|b| b.interface("com.canonical.dbusmenu"))
+            .expect("match rule")
+            .build();
+        let mut signals = zbus::MessageStream::for_match_rule(rule, &host.conn, Some(256))
+            .await
+            .expect("dbusmenu signals");
         let clicked = Instant::now();
         host.click(enable.id).await;
-        let l = host
-            .wait_menu(Duration::from_secs(90), |l| {
-                l.service(SERVICE).is_some_and(|s| {
-                    s.label.contains(&format!("{SERVICE} — running"))
-                        && s.children
-                            .iter()
-                            .any(|c| c.toggle_type == "checkmark" && c.toggle_state == 1)
-                })
+        let shows_running = |l: &Node| {
+            l.service(SERVICE).is_some_and(|s| {
+                s.label.contains(&format!("{SERVICE} — running"))
+                    && s.children
+                        .iter()
+                        .any(|c| c.toggle_type == "checkmark" && c.toggle_state == 1)
             })
-            .await
-            .unwrap_or_else(|l| {
-                panic!(
-                    "{SERVICE} never showed running after the click:\n{}\nstatus: {}\ntray log:\n{}\ndaemon log:\n{}",
-                    l.text(),
-                    w.status(SERVICE),
-                    log_of(&tray_log),
-                    w.daemon_log()
-                )
-            });
+        };
+        let mut shown_at = None;
+        let mut l = host.layout().await;
+        while clicked.elapsed() < Duration::from_secs(90) {
+            match tokio::time::timeout(Duration::from_secs(5), futures_util::StreamExt::next(&mut signals)).await {
+                Ok(Some(Ok(_signal))) => {
+                    let at = std::time::SystemTime::now();
+                    l = host.layout().await;
+                    if shows_running(&l) {
+                        shown_at = Some(at);
+                        break;
+                    }
+                }
+                Ok(_) => panic!("the signal stream ended"),
+                Err(_quiet) => {}
+            }
+        }
+        let Some(shown_at) = shown_at else {
+            panic!(
+                "{SERVICE} never showed running after the click:\n{}\nstatus: {}\ntray log:\n{}\ndaemon log:\n{}",
+                l.text(),
+                w.status(SERVICE),
+                log_of(&tray_log),
+                w.daemon_log()
+            );
+        };
+        let shown_us = shown_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_micros() as i64;
+        let active_us = unit_active_since_us(&format!("berth-{SERVICE}.service"))
+            .expect("ActiveEnterTimestamp") as i64;
+        // Read by bench/tray.sh.
+        eprintln!(
+            "tray latency: running shown {} ms after the unit became active",
+            (shown_us - active_us) / 1000
+        );
         eprintln!("clicked → menu shows running: {:?}", clicked.elapsed());
         assert_eq!(w.status(SERVICE)["state"], "running", "the API agrees");
         assert_eq!(unit_active(&format!("berth-{SERVICE}.service")), "active");
