@@ -82,37 +82,44 @@ EOF
     busctl --address="$DBUS_SESSION_BUS_ADDRESS" call "$item" /MenuBar com.canonical.dbusmenu \
         GetLayout iias -- 0 -1 0 >"$bench_work/layout.txt" ||
         die "GetLayout failed"
-    grep -q "bench-tray — running" "$bench_work/layout.txt" ||
+    # (busctl prints non-ASCII bytes as octal escapes: the dash between name and state.)
+    grep -q "bench-tray [^\"]* running" "$bench_work/layout.txt" ||
         die "the menu does not show bench-tray running: $(cat "$bench_work/layout.txt")"
-    sleep 3
+    # Settle: tokio's blocking-pool thread, used once at start, leaves after 10 s idle.
+    sleep 12
 
+    # Context switches of every thread, one "tid count" line each.
     switches() {
-        local t sum=0 v n
-        for t in /proc/"$1"/task/*/status; do
-            v=$(awk '/^voluntary_ctxt_switches/ { print $2 }' "$t")
-            n=$(awk '/^nonvoluntary_ctxt_switches/ { print $2 }' "$t")
-            sum=$((sum + v + n))
+        local t
+        for t in /proc/"$1"/task/*; do
+            awk -v tid="${t##*/}" '/^(non)?voluntary_ctxt_switches/ { n += $2 } END { print tid, n }' "$t/status"
         done
-        echo "$sum"
+    }
+    # Wakeups between two samples: the growth of each thread's count (a thread that is new
+    # in the second counts whole; one that left meanwhile is lost, so threads are reported).
+    wakeups() {
+        awk 'NR == FNR { before[$1] = $2; next } { n += $2 - before[$1] } END { print n + 0 }' "$1" "$2"
     }
     rss_kib=$(awk '/^VmRSS/ { print $2 }' /proc/"$tray"/status)
     anon_kib=$(awk '/^RssAnon/ { print $2 }' /proc/"$tray"/status)
     threads=$(awk '/^Threads/ { print $2 }' /proc/"$tray"/status)
-    s0=$(switches "$tray")
+    switches "$tray" >"$bench_work/s0"
     sleep 10
-    s1=$(switches "$tray")
-    up_wakeups=$((s1 - s0))
+    switches "$tray" >"$bench_work/s1"
+    up_wakeups=$(wakeups "$bench_work/s0" "$bench_work/s1")
+    threads_after=$(awk '/^Threads/ { print $2 }' /proc/"$tray"/status)
 
     bench_daemon_stop
     # The backoff reaches its ceiling (5 s) about 13 s after the loss.
     sleep 14
-    s2=$(switches "$tray")
+    switches "$tray" >"$bench_work/s2"
     sleep 10
-    s3=$(switches "$tray")
-    down_wakeups=$((s3 - s2))
+    switches "$tray" >"$bench_work/s3"
+    down_wakeups=$(wakeups "$bench_work/s2" "$bench_work/s3")
     kill -0 "$tray" 2>/dev/null || die "berth-tray exited: $(cat "$bench_work/tray.log")"
     down_rss_kib=$(awk '/^VmRSS/ { print $2 }' /proc/"$tray"/status)
-    printf 'rss_kib=%s anon_kib=%s threads=%s up_wakeups=%s down_wakeups=%s down_rss_kib=%s size=%s\n' \
+    [[ $threads == "$threads_after" ]] || threads="$threads→$threads_after"
+    printf 'rss_kib=%s anon_kib=%s threads=%q up_wakeups=%s down_wakeups=%s down_rss_kib=%s size=%s\n' \
         "$rss_kib" "$anon_kib" "$threads" "$up_wakeups" "$down_wakeups" "$down_rss_kib" \
         "$(stat -c %s "$stage/berth-tray")"
     exit 0
@@ -162,7 +169,7 @@ done
 median=$(printf '%s\n' "${results[@]}" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
 echo
 echo "berth tray benchmark: $(git describe --always --dirty 2>/dev/null || echo '?'); $(nproc) CPUs; load $(cut -d' ' -f1 /proc/loadavg)"
-printf '%-52s | %s\n' "idle RSS, daemon up (release build)" "$((rss_kib / 1024)).$(((rss_kib % 1024) * 10 / 1024)) MiB (anonymous $((anon_kib / 1024)).$(((anon_kib % 1024) * 10 / 1024)) MiB, $threads threads)"
+printf '%-52s | %s\n' "idle RSS, daemon up (release build)" "$((rss_kib / 1024)).$(((rss_kib % 1024) * 10 / 1024)) MiB (anonymous $((anon_kib / 1024)).$(((anon_kib % 1024) * 10 / 1024)) MiB; threads: $threads)"
 printf '%-52s | %s\n' "idle RSS, daemon gone" "$((down_rss_kib / 1024)).$(((down_rss_kib % 1024) * 10 / 1024)) MiB"
 printf '%-52s | %s\n' "wakeups in 10 s idle, daemon up" "$up_wakeups"
 printf '%-52s | %s\n' "wakeups in 10 s, daemon gone (retry every 5 s)" "$down_wakeups"
