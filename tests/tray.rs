@@ -585,3 +585,365 @@ fn the_tray_shows_every_service_turns_one_on_and_survives_the_daemon_restarting(
         drop(tray_proc);
     });
 }
+
+/// A picture of the root window as RGB rows (`import -window root -depth 8 ppm:-`).
+struct Shot {
+    width: usize,
+    height: usize,
+    rgb: Vec<u8>,
+}
+
+impl Shot {
+    fn take(display: &str) -> Shot {
+        let o = Command::new("import")
+            .args(["-window", "root", "-depth", "8", "ppm:-"])
+            .env("DISPLAY", display)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run import (ImageMagick)");
+        assert!(o.status.success(), "import failed: {}", text(&o));
+        Shot::parse(&o.stdout).expect("a binary PPM from import")
+    }
+
+    /// A binary PPM (P6, maxval 255) as ImageMagick writes it.
+    fn parse(b: &[u8]) -> Option<Shot> {
+        let mut fields = Vec::new();
+        let mut i = 0;
+        while fields.len() < 4 {
+            while b.get(i)?.is_ascii_whitespace() {
+                i += 1;
+            }
+            if b[i] == b'#' {
+                while *b.get(i)? != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            let start = i;
+            while !b.get(i)?.is_ascii_whitespace() {
+                i += 1;
+            }
+            fields.push(std::str::from_utf8(&b[start..i]).ok()?.to_string());
+        }
+        if fields[0] != "P6" || fields[3] != "255" {
+            return None;
+        }
+        let (width, height) = (fields[1].parse().ok()?, fields[2].parse().ok()?);
+        let rgb = b.get(i + 1..i + 1 + width * height * 3)?.to_vec();
+        Some(Shot { width, height, rgb })
+    }
+
+    fn px(&self, x: usize, y: usize) -> (u8, u8, u8) {
+        let i = (y * self.width + x) * 3;
+        (self.rgb[i], self.rgb[i + 1], self.rgb[i + 2])
+    }
+
+    /// The centre of the pixels near `colour` in the top `rows` rows: where the icon is.
+    fn find(&self, colour: (u8, u8, u8), rows: usize) -> Option<(usize, usize)> {
+        let near = |a: u8, b: u8| a.abs_diff(b) < 24;
+        let (mut sx, mut sy, mut n) = (0, 0, 0);
+        for y in 0..rows.min(self.height) {
+            for x in 0..self.width {
+                let p = self.px(x, y);
+                if near(p.0, colour.0) && near(p.1, colour.1) && near(p.2, colour.2) {
+                    sx += x;
+                    sy += y;
+                    n += 1;
+                }
+            }
+        }
+        (n >= 12).then(|| (sx / n, sy / n))
+    }
+
+    /// The box (x, y, width, height) around every pixel that differs from `other`.
+    fn changed_box(&self, other: &Shot) -> Option<(usize, usize, usize, usize)> {
+        let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0, 0);
+        for y in 0..self.height {
+            for x in 0..self.width {
+                if self.px(x, y) != other.px(x, y) {
+                    (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
+                }
+            }
+        }
+        (x0 <= x1).then(|| (x0, y0, x1 - x0 + 1, y1 - y0 + 1))
+    }
+
+    /// How many pixels differ from `other` below row `from`.
+    fn changed_below(&self, other: &Shot, from: usize) -> usize {
+        (from * self.width * 3..self.rgb.len())
+            .step_by(3)
+            .filter(|&i| self.rgb[i..i + 3] != other.rgb[i..i + 3])
+            .count()
+    }
+}
+
+fn xdotool(display: &str, args: &[&str]) {
+    let o = Command::new("xdotool")
+        .args(args)
+        .env("DISPLAY", display)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run xdotool");
+    assert!(o.status.success(), "xdotool {args:?}: {}", text(&o));
+}
+
+/// The tray in a real `xfce4-panel` (its systray plugin is the StatusNotifierWatcher and the
+/// host) on an Xvfb screen: the icon is found on the screen by its colour, clicked, and the
+/// menu with a service's submenu is photographed. With `BERTH_SCREENSHOT_DIR` set (by
+/// scripts/screenshots) the picture is saved there as `tray.png` for README.
+#[test]
+fn the_tray_menu_shows_in_a_real_xfce_panel() {
+    let Some(_serial) = session("tray_panel") else {
+        return;
+    };
+    let need = |cmd: &str, package: &str| {
+        which(cmd).unwrap_or_else(|| {
+            panic!("no {cmd}: this test needs Debian's {package} (scripts/test installs it)")
+        })
+    };
+    let xvfb = need("Xvfb", "xvfb");
+    let panel = need("xfce4-panel", "xfce4-panel");
+    need("import", "imagemagick");
+    need("xdotool", "xdotool");
+    let dbus_daemon = need("dbus-daemon", "dbus");
+    let tray = tray_bin();
+
+    let web = "it-tray-web";
+    let broken = "it-tray-broken";
+    let mut w = World::new(&[web, broken]);
+    w.config("[web]\nlisten = \"127.0.0.1:18225\"\n");
+    w.catalog_file("it-tray-web.toml", &web_service(web, 18226));
+    w.catalog_file(
+        "it-tray-broken.toml",
+        &web_service(broken, 18227)
+            .replace("localhost/berth-demo:1", "localhost/berth-it-missing:1"),
+    );
+    w.start_daemon();
+    w.ok(&["enable", web, "--settle", "0"]);
+    let _fails = w.berth(&["enable", broken, "--settle", "0"]);
+    assert!(
+        wait_for(Duration::from_secs(30), || (w.status(broken)["state"]
+            == "failed")
+            .then_some(()))
+        .is_some(),
+        "{broken} did not fail: {}",
+        w.status(broken)
+    );
+
+    // The screen: Xvfb picks a free display and says which.
+    let home = w.dir.path().join("desktop");
+    std::fs::create_dir_all(home.join("config")).expect("config dir");
+    let mut x = Command::new(&xvfb)
+        .args([
+            "-displayfd",
+            "1",
+            "-screen",
+            "0",
+            "1100x760x24",
+            "-nolisten",
+            "tcp",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start Xvfb");
+    let mut number = String::new();
+    {
+        use std::io::BufRead as _;
+        let out = x.stdout.take().expect("Xvfb stdout");
+        std::io::BufReader::new(out)
+            .read_line(&mut number)
+            .expect("Xvfb's display number");
+    }
+    let _x = Proc(x);
+    let display = format!(":{}", number.trim());
+    assert!(display.len() > 1, "Xvfb said no display number");
+
+    // A session bus of its own; xfconfd, which it starts for the panel, keeps its settings
+    // in this test's directory (the panel's default layout, systray included).
+    let bus = w.dir.path().join("desktop-bus");
+    let address = format!("unix:path={}", bus.display());
+    let _bus = Proc(
+        Command::new(&dbus_daemon)
+            .args(["--session", "--nofork", "--address", &address])
+            .env("XDG_CONFIG_HOME", home.join("config"))
+            .env("DISPLAY", &display)
+            // No accessibility bus for the panel: nothing here reads it.
+            .env("NO_AT_BRIDGE", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start dbus-daemon"),
+    );
+    assert!(wait_for(Duration::from_secs(5), || bus.exists().then_some(())).is_some());
+    let panel_log = w.dir.path().join("panel.log");
+    let _panel = Proc(
+        Command::new(&panel)
+            .env("DISPLAY", &display)
+            .env("NO_AT_BRIDGE", "1")
+            .env("DBUS_SESSION_BUS_ADDRESS", &address)
+            .env("XDG_CONFIG_HOME", home.join("config"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(&panel_log).expect("log")))
+            .spawn()
+            .expect("start xfce4-panel"),
+    );
+    let tray_log = w.dir.path().join("tray-panel.log");
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let conn = zbus::connection::Builder::address(address.as_str())
+            .expect("address")
+            .build()
+            .await
+            .expect("connect to the desktop's bus");
+        let start = Instant::now();
+        loop {
+            let m = conn
+                .call_method(
+                    Some("org.freedesktop.DBus"),
+                    "/org/freedesktop/DBus",
+                    Some("org.freedesktop.DBus"),
+                    "NameHasOwner",
+                    &("org.kde.StatusNotifierWatcher",),
+                )
+                .await
+                .expect("NameHasOwner");
+            if m.body().deserialize::<bool>().expect("bool") {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "xfce4-panel's systray never became the StatusNotifierWatcher:\n{}",
+                log_of(&panel_log)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut tray_proc = Proc(
+            Command::new(&tray)
+                .env("DBUS_SESSION_BUS_ADDRESS", &address)
+                .env("DISPLAY", &display)
+                .env("BERTH_SOCKET", w.socket())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(std::fs::File::create(&tray_log).expect("log")))
+                .spawn()
+                .expect("start berth-tray"),
+        );
+        let pid = tray_proc.0.id();
+        let host = Host {
+            conn: conn.clone(),
+            item: format!("org.kde.StatusNotifierItem-{pid}-1"),
+            item_path: "/StatusNotifierItem".into(),
+            menu_path: "/MenuBar".into(),
+        };
+        let start = Instant::now();
+        let l = loop {
+            if let Ok(m) = host
+                .call(
+                    &host.item,
+                    &host.menu_path,
+                    "com.canonical.dbusmenu",
+                    "GetLayout",
+                    &(0i32, -1i32, Vec::<String>::new()),
+                )
+                .await
+            {
+                drop(m);
+                let l = host.layout().await;
+                let ok = l.service(web).is_some_and(|s| s.label.contains("running"))
+                    && l.service(broken)
+                        .is_some_and(|s| s.label.contains("failed"));
+                if ok {
+                    break l;
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the tray never showed {web} running and {broken} failed:\n{}",
+                log_of(&tray_log)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        // The panel draws the item: red (something failed) in the panel's row.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let before = Shot::take(&display);
+        let (ix, iy) = before.find((0xd7, 0x2f, 0x2f), 48).unwrap_or_else(|| {
+            panic!(
+                "the panel shows no red tray icon ({}x{} screen):\n{}",
+                before.width,
+                before.height,
+                log_of(&panel_log)
+            )
+        });
+        xdotool(
+            &display,
+            &["mousemove", &ix.to_string(), &iy.to_string(), "click", "1"],
+        );
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        // Down to the broken service (menus skip insensitive items), then into its submenu.
+        let sensitive: Vec<&Node> = l
+            .children
+            .iter()
+            .filter(|c| c.enabled && !c.label.is_empty())
+            .collect();
+        let at = sensitive
+            .iter()
+            .position(|c| c.label.contains(&format!(" {broken} — ")))
+            .expect("the broken service is in the menu");
+        for _ in 0..=at {
+            xdotool(&display, &["key", "Down"]);
+        }
+        xdotool(&display, &["key", "Right"]);
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let after = Shot::take(&display);
+        let changed = after.changed_below(&before, 40);
+        assert!(
+            changed > 20_000,
+            "clicking the icon opened no menu ({changed} pixels changed)"
+        );
+        // The picture: the panel's row and the menus, with a margin.
+        let (mx, _, mw, mh) = after.changed_box(&before).expect("changed pixels");
+        let left = mx.min(ix).saturating_sub(16);
+        let right = (mx + mw).max(ix + 24).min(after.width);
+        let bottom = (mh + 16).min(after.height);
+        let png = w.dir.path().join("tray.png");
+        let o = Command::new("import")
+            .args([
+                "-window",
+                "root",
+                "-crop",
+                &format!("{}x{bottom}+{left}+0", right - left),
+                "+repage",
+                path_str(&png),
+            ])
+            .env("DISPLAY", &display)
+            .stdin(Stdio::null())
+            .output()
+            .expect("import");
+        assert!(o.status.success(), "import: {}", text(&o));
+        let bytes = std::fs::read(&png).expect("tray.png");
+        assert!(
+            bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 10_000,
+            "tray.png is not a picture ({} bytes)",
+            bytes.len()
+        );
+        if let Some(dir) = std::env::var_os("BERTH_SCREENSHOT_DIR") {
+            let out = Path::new(&dir).join("tray.png");
+            std::fs::write(&out, &bytes).unwrap_or_else(|e| panic!("write {}: {e}", out.display()));
+        }
+        xdotool(&display, &["key", "Escape", "Escape"]);
+        assert!(
+            tray_proc.0.try_wait().expect("try_wait").is_none(),
+            "berth-tray exited:\n{}",
+            log_of(&tray_log)
+        );
+    });
+}
