@@ -2,6 +2,7 @@
 //! (Debian's `haskell-status-notifier-item-utils`), a real berth daemon on the real systemd
 //! user manager and rootless Podman. The test reads the item and its menu over D-Bus like a
 //! panel does (`com.canonical.dbusmenu.GetLayout`) and clicks like a user (`Event clicked`).
+//! A second test puts the tray in a real `xfce4-panel` on Xvfb and photographs its menu.
 
 mod common;
 
@@ -18,13 +19,17 @@ const PAGE_PORT: u16 = 18221;
 const SERVICE_PORT: u16 = 18222;
 const SERVICE: &str = "it-tray";
 
-/// A child process killed (by its own PID) and reaped on drop.
+/// A child process stopped (by its own PID) and reaped on drop: SIGTERM, so that Xvfb
+/// removes its socket and lock, then SIGKILL after 2 s.
 struct Proc(Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let _already_gone = self.0.kill();
-        let _reaped = self.0.wait();
+        let _told = run("kill", &["-TERM", &self.0.id().to_string()]);
+        if wait_for(Duration::from_secs(2), || self.0.try_wait().ok().flatten()).is_none() {
+            let _already_gone = self.0.kill();
+            let _reaped = self.0.wait();
+        }
     }
 }
 
