@@ -536,6 +536,20 @@ fn the_tray_shows_every_service_turns_one_on_and_survives_the_daemon_restarting(
             "{link}"
         );
         assert!(link.contains("logs"), "the link lands on the log view: {link}");
+        // "Open" hands the service's stable URL to the browser.
+        let url = format!("http://127.0.0.1:{SERVICE_PORT}/");
+        let open = l
+            .service(SERVICE)
+            .and_then(|s| s.children.iter().find(|c| c.label == format!("Open {url}")))
+            .expect("Open item")
+            .id;
+        host.click(open).await;
+        let second = wait_for(Duration::from_secs(10), || {
+            std::fs::read_to_string(&opened)
+                .ok()
+                .and_then(|s| s.lines().nth(1).map(str::to_string))
+        });
+        assert_eq!(second.as_deref(), Some(url.as_str()), "tray log:\n{}", log_of(&tray_log));
 
         // The daemon dies: the menu says so, the tray stays.
         w.kill_daemon();
