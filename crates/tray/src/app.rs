@@ -172,17 +172,26 @@ pub struct Settings {
 /// Runs the tray until the session bus goes away.
 pub async fn run(settings: Settings) -> Result<(), TrayError> {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let tray = TrayApp {
-        view: View::default(),
-        actions: tx,
+    let mut backoff = Backoff::new();
+    let handle = loop {
+        let tray = TrayApp {
+            view: View::default(),
+            actions: tx.clone(),
+        };
+        // Registered even without a watcher yet (a panel starting after the session's
+        // autostart entries): ksni registers again when one appears.
+        match tray.assume_sni_available(true).spawn().await {
+            Ok(h) => break h,
+            // A watcher that owns its name but does not serve its object yet (a panel
+            // starting) refuses the registration: try again. No session bus at all is fatal.
+            Err(ksni::Error::Watcher(e)) => {
+                eprintln!("berth-tray: the tray host refused the icon ({e}); trying again");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(e) => return Err(TrayError::Spawn(e)),
+        }
     };
-    // Registered even without a watcher yet (a panel starting after the session's autostart
-    // entries): ksni registers again when one appears.
-    let handle = tray
-        .assume_sni_available(true)
-        .spawn()
-        .await
-        .map_err(TrayError::Spawn)?;
+    drop(tx);
     let follower = tokio::spawn(follow(settings.client.clone(), handle.clone()));
     while let Some(action) = rx.recv().await {
         tokio::spawn(perform(action, settings.clone(), handle.clone()));
