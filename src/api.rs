@@ -95,6 +95,7 @@ pub fn router<P: Podman + Clone + 'static>(state: ApiState<P>) -> Router {
         .route("/v1/services/{name}", get(one::<P>))
         .route("/v1/services/{name}/pull", post(pull::<P>))
         .route("/v1/services/{name}/logs", get(logs::<P>))
+        .route("/v1/services/{name}/relays", post(relays::<P>))
         .route("/v1/services/{name}/{verb}", post(verb::<P>))
         .route("/v1/events", get(events::<P>))
         .route("/v1/plan", get(plan::<P>))
@@ -199,7 +200,7 @@ async fn web_session<P: Podman + Clone + 'static>(
 }
 
 async fn metrics<P: Podman + Clone + 'static>(AxState(s): AxState<ApiState<P>>) -> Response {
-    crate::metrics::render(&s.metrics)
+    crate::metrics::render(&s.metrics).await
 }
 
 /// The event stream as server-sent events: a snapshot first, then every event; a client that
@@ -257,6 +258,23 @@ fn line_stream(rx: mpsc::Receiver<String>) -> Body {
 
 fn unknown(name: String) -> ApiError {
     ApiError(EngineError::UnknownService(name))
+}
+
+/// Makes the relays of a service that uses others listen inside its pod; answers once they do.
+async fn relays<P: Podman + Clone + 'static>(
+    AxState(s): AxState<ApiState<P>>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    let catalog = s.engine.catalog();
+    catalog.get(&name).ok_or_else(|| unknown(name.clone()))?;
+    match s.engine.proxy().relays_ready(&name).await {
+        Ok(ports) => Ok(Json(berth_proto::RelaysReady { ports }).into_response()),
+        Err(why) => Ok(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            format!("no relays for {name}: {why}"),
+        )),
+    }
 }
 
 /// Pulls the service's missing images, streaming progress as text lines. The last line is

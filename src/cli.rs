@@ -108,6 +108,25 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Back up services' volumes and secrets, so their data outlives the VM (default: every
+    /// enabled service that keeps data). See README "Backups".
+    Backup {
+        names: Vec<String>,
+        /// Where to write (default: `[backup] dir` of config.toml, else
+        /// /shared/users/USER/backups, else ~/.local/share/berth/backups).
+        #[arg(long)]
+        to: Option<PathBuf>,
+    },
+    /// Restore a service's volumes and secrets from its newest backup (or the backup or
+    /// folder given with --from), then start it.
+    Restore {
+        name: String,
+        #[arg(long)]
+        from: Option<PathBuf>,
+        /// Restore the data only; leave the service as it is.
+        #[arg(long)]
+        no_start: bool,
+    },
     /// Write the units of the catalog's services into DIR (for image builders).
     Render {
         #[arg(long)]
@@ -137,6 +156,18 @@ pub enum Cmd {
     /// `proxy::netns`). Serves the socket pair on stdin.
     #[command(hide = true, name = "netns-sockets")]
     NetnsSockets,
+    /// Internal: run by the units of a service that uses others before its containers start;
+    /// returns once berth listens inside the service's pod for the services it uses (see
+    /// `proxy::relays`). Waits for a daemon that is starting, at most `--wait` seconds.
+    #[command(hide = true, name = "relays-ready")]
+    RelaysReady {
+        name: String,
+        /// The daemon's API socket, when not the usual one.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+    },
 }
 
 /// How long `enable`, `start` and `restart` watch a service that came up, so that a container
@@ -158,6 +189,33 @@ pub enum CatalogCmd {
         #[arg(long)]
         alone: bool,
     },
+}
+
+/// Asks the daemon for a consumer's relays, again while it is not there yet (berth and the
+/// service's units start side by side at boot).
+async fn relays_ready(name: &str, socket: Option<&Path>, wait: Duration) -> Result<()> {
+    let until = std::time::Instant::now() + wait;
+    loop {
+        let c = match socket {
+            Some(s) => Ok(Client::new(s)),
+            None => client(),
+        };
+        let answer = match c {
+            Ok(c) => c.relays_ready(name).await.map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(r) => {
+                println!("berth listens inside {name}'s pod for {} port(s)", r.ports);
+                return Ok(());
+            }
+            Err(e) if std::time::Instant::now() < until => {
+                tracing::debug!("relays for {name} not ready yet: {e:#}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(e.context(format!("relays for {name}"))),
+        }
+    }
 }
 
 fn client() -> Result<Client> {
@@ -298,11 +356,20 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Render { out, names } => render(&out, &names),
+        Cmd::Backup { names, to } => backup(&names, to).await,
+        Cmd::Restore {
+            name,
+            from,
+            no_start,
+        } => restore(&name, from.as_deref(), no_start).await,
         Cmd::Catalog {
             command: CatalogCmd::Validate { paths, alone },
         } => validate(&paths, alone),
         Cmd::Setup(args) => crate::setup::cli::run(args),
         Cmd::NetnsSockets => crate::proxy::netns::serve_helper().context("netns-sockets helper"),
+        Cmd::RelaysReady { name, socket, wait } => {
+            relays_ready(&name, socket.as_deref(), Duration::from_secs(wait)).await
+        }
         Cmd::Forward { listen, to } => crate::proxy::forward::run_forward(listen, to)
             .await
             .with_context(|| format!("forward {listen} to {to}")),
@@ -619,6 +686,114 @@ async fn status(name: &str, json: bool) -> Result<()> {
 
 fn etc_dir() -> PathBuf {
     std::env::var_os("BERTH_ETC_DIR").map_or_else(|| PathBuf::from("/etc/berth"), PathBuf::from)
+}
+
+/// Where backups go and where berth's secrets are (see `backup`).
+fn backup_places(to: Option<PathBuf>) -> Result<crate::backup::run::Places> {
+    let paths = crate::paths::Paths::from_env()?;
+    let config = crate::config::Config::load(&etc_dir().join("config.toml"))?;
+    let expand = |p: PathBuf| match p.strip_prefix("~") {
+        Ok(rest) => paths.home.join(rest),
+        Err(_) => p,
+    };
+    let user = std::env::var("USER").unwrap_or_default();
+    let data_home = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .unwrap_or_else(|| paths.home.join(".local/share"));
+    let configured = to.or(config.backup_dir).map(expand);
+    let (root, lasting) = crate::backup::default_root(
+        configured.as_deref(),
+        &Path::new("/shared/users").join(&user),
+        &data_home,
+    );
+    Ok(crate::backup::run::Places {
+        root,
+        lasting,
+        secrets_dir: paths.secrets_dir(),
+    })
+}
+
+fn podman_cli() -> crate::backup::run::PodmanCli {
+    crate::backup::run::PodmanCli {
+        podman: PathBuf::from(crate::daemon::detect_render_ctx().podman),
+    }
+}
+
+async fn backup(names: &[String], to: Option<PathBuf>) -> Result<()> {
+    let cat = catalog::load(&Layers::standard(&etc_dir())?)?;
+    let places = backup_places(to)?;
+    let c = client()?;
+    let chosen: Vec<String> = if names.is_empty() {
+        c.services()
+            .await?
+            .into_iter()
+            .filter(|s| s.choice == berth_proto::Choice::On)
+            .filter(|s| {
+                cat.get(&s.name).is_some_and(|svc| {
+                    !crate::backup::volumes_of(svc).0.is_empty()
+                        || places
+                            .secrets_dir
+                            .join(format!("{}.toml", s.name))
+                            .is_file()
+                })
+            })
+            .map(|s| s.name)
+            .collect()
+    } else {
+        names.to_vec()
+    };
+    if chosen.is_empty() {
+        println!("nothing to back up: no enabled service keeps data");
+        return Ok(());
+    }
+    if !places.lasting {
+        eprintln!(
+            "note: {} is on this VM and goes with it; set [backup] dir in config.toml or mount /shared",
+            places.root.display()
+        );
+    }
+    let io = podman_cli();
+    let mut failed = 0;
+    for name in &chosen {
+        check_name(name)?;
+        let Some(svc) = cat.get(name) else {
+            bail!("unknown service {name:?}");
+        };
+        println!("{name}:");
+        let now = crate::clock::format_rfc3339(crate::clock::now_unix());
+        match crate::backup::run::backup(&c, &io, svc, &places, &now).await {
+            Ok(dir) => println!("  backed up to {}", dir.display()),
+            Err(e) => {
+                eprintln!("  backup of {name} failed: {e:#}");
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} backups failed", chosen.len());
+    }
+    Ok(())
+}
+
+async fn restore(name: &str, from: Option<&Path>, no_start: bool) -> Result<()> {
+    check_name(name)?;
+    let cat = catalog::load(&Layers::standard(&etc_dir())?)?;
+    let svc = cat
+        .get(name)
+        .ok_or_else(|| anyhow::anyhow!("unknown service {name:?}"))?;
+    let places = backup_places(None)?;
+    let (dir, m) = crate::backup::run::find(name, from, &places.root)?;
+    println!(
+        "restoring {name} from {} (made {})",
+        dir.display(),
+        m.created
+    );
+    let c = client()?;
+    crate::backup::run::restore(&c, &podman_cli(), svc, &dir, &m, &places, no_start).await?;
+    let st = c.service(name).await?;
+    print_one_line(&st);
+    Ok(())
 }
 
 fn render(out: &Path, names: &[String]) -> Result<()> {

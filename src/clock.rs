@@ -63,6 +63,11 @@ pub fn format_unix(secs: u64) -> String {
     )
 }
 
+/// Unix seconds as RFC 3339 in UTC: `2026-12-01T20:43:10Z`.
+pub fn format_rfc3339(secs: u64) -> String {
+    format_unix(secs).replace(" UTC", "Z").replacen(' ', "T", 1)
+}
+
 /// Unix seconds of an RFC 3339 time as Podman writes it (`2026-12-01T20:43:10.123456789Z`,
 /// or with an offset such as `+01:00`); `None` for anything else, and for Go's zero time
 /// (`0001-01-01T00:00:00Z`, "never").
@@ -136,6 +141,11 @@ mod tests {
         assert_eq!(format_unix(0), "1970-01-01 00:00:00 UTC");
         assert_eq!(format_unix(1_796_158_990), "2026-12-01 21:03:10 UTC");
         assert_eq!(format_unix(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(format_rfc3339(1_796_158_990), "2026-12-01T21:03:10Z");
+        assert_eq!(
+            parse_rfc3339(&format_rfc3339(1_796_158_990)),
+            Some(1_796_158_990)
+        );
         for t in [0u64, 951_782_400, 1_796_158_990, 4_102_444_799] {
             let text = format_unix(t).replace(" UTC", "Z").replacen(' ', "T", 1);
             assert_eq!(parse_rfc3339(&text), Some(t), "{text}");

@@ -18,6 +18,13 @@ struct RawConfig {
     #[serde(default)]
     notifications: Option<RawNotifications>,
     web: Option<RawWeb>,
+    backup: Option<RawBackupConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackupConfig {
+    dir: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,6 +89,9 @@ pub struct Config {
     pub push: Option<PushConfig>,
     pub notifications: bool,
     pub web: WebConfig,
+    /// `[backup] dir`: where `berth backup` writes (`~` is the user's home); None: the user's
+    /// folder on /shared, else a local one (see `backup`).
+    pub backup_dir: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -97,6 +107,7 @@ impl Default for Config {
                 enabled: true,
                 listen: SocketAddr::from(([127, 0, 0, 1], 7380)),
             },
+            backup_dir: None,
         }
     }
 }
@@ -215,6 +226,18 @@ impl Config {
                         format!("{:?} is not an address like {DEFAULT_WEB_LISTEN}", l.get_ref()),
                     )),
                 }
+            }
+        }
+        if let Some(d) = raw.backup.and_then(|b| b.dir) {
+            let text = d.get_ref();
+            if text.starts_with('/') || text.starts_with("~/") {
+                cfg.backup_dir = Some(PathBuf::from(text));
+            } else {
+                diags.push(src.diagnostic(
+                    Some(d.span()),
+                    "backup.dir".into(),
+                    format!("{text:?} must be an absolute path or start with ~/"),
+                ));
             }
         }
         if diags.is_empty() {

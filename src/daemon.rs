@@ -96,8 +96,20 @@ pub fn detect_render_ctx() -> RenderCtx {
     ]
     .iter()
     .any(|p| Path::new(p).exists());
+    // The binary that runs now: units call it back (the relays hook). After an upgrade
+    // replaced it on disk the link names the old path with " (deleted)": the path is right.
+    let berth = std::fs::read_link("/proc/self/exe")
+        .map(|p| {
+            let s = p.display().to_string();
+            s.strip_suffix(" (deleted)")
+                .map(str::to_string)
+                .unwrap_or(s)
+        })
+        .unwrap_or_else(|_| "/usr/local/bin/berth".to_string());
     RenderCtx {
         podman,
+        berth,
+        api_socket: None,
         gpu_available,
         shared_present: Path::new("/shared").is_dir(),
         systemd_version: 0,
@@ -176,6 +188,10 @@ pub async fn start(
     let podman = PodmanClient::new(socket);
     let systemd = UserManager::connect().await?;
     let mut ctx = detect_render_ctx();
+    // Units call the daemon back (the relays hook): at its socket if it is not the usual one.
+    if std::env::var_os("BERTH_SOCKET").is_some() {
+        ctx.api_socket = Some(paths.socket().display().to_string());
+    }
     ctx.systemd_version = systemd
         .version()
         .await
@@ -256,13 +272,27 @@ where
         ));
     }
     tasks.spawn(engine.run());
-    let proxy_run = crate::proxy::ports::run(
+    let (relay_fds, port_fds): (Vec<_>, Vec<_>) = listeners
+        .ports
+        .into_iter()
+        .partition(|(name, _)| crate::proxy::relays::is_relay_fd(name));
+    let ports_run = crate::proxy::ports::run(
         handle.port_specs(),
-        listeners.ports,
+        port_fds,
         podman.clone(),
         handle.clone(),
         handle.proxy(),
     );
+    let relays_run = crate::proxy::relays::run(
+        handle.relay_wants(),
+        relay_fds,
+        podman.clone(),
+        handle.clone(),
+        handle.proxy(),
+    );
+    let proxy_run = async move {
+        tokio::join!(ports_run, relays_run);
+    };
     // The proxy ends when the engine's port specs go away (the engine stopped).
     let proxy_thread = if proxy_thread {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -305,6 +335,9 @@ where
         snapshots: handle.snapshots(),
         proxy: handle.proxy(),
         push: push.as_ref().map(|p| p.stats()),
+        vm: Arc::new(metrics::VmInfo::new(
+            crate::push::identity::Sources::system(),
+        )),
     };
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     if let Some((listener, access)) = listeners.metrics {

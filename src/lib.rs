@@ -8,6 +8,7 @@
 //! the API's client in `berth-client`.
 
 pub mod api;
+pub mod backup;
 pub mod catalog;
 pub mod cli;
 pub mod clock;

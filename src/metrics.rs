@@ -50,6 +50,86 @@ pub struct Sources {
     pub snapshots: Snapshots,
     pub proxy: Arc<crate::proxy::ports::Shared>,
     pub push: Option<Arc<crate::push::PushStats>>,
+    /// Who this VM is (cloud-init's instance data), for `berth_vm_info`.
+    pub vm: Arc<VmInfo>,
+}
+
+/// The VM's identity as last read: read again at a scrape when older than [`VM_INFO_TTL`]
+/// (cloud-init may write its instance data after berth started, at first boot), on the
+/// blocking pool.
+#[derive(Debug)]
+pub struct VmInfo {
+    sources: crate::push::identity::Sources,
+    last: std::sync::Mutex<Option<(std::time::Instant, crate::push::report::Vm)>>,
+}
+
+const VM_INFO_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl VmInfo {
+    pub fn new(sources: crate::push::identity::Sources) -> Self {
+        VmInfo {
+            sources,
+            last: std::sync::Mutex::new(None),
+        }
+    }
+
+    async fn get(&self) -> crate::push::report::Vm {
+        let fresh = self
+            .last
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < VM_INFO_TTL)
+            .map(|(_, vm)| vm.clone());
+        if let Some(vm) = fresh {
+            return vm;
+        }
+        let src = self.sources.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            crate::push::identity::read(&src, 0, Some("-".into())).vm
+        })
+        .await;
+        let Ok(vm) = read else {
+            return crate::push::report::Vm {
+                instance_id: "unknown".into(),
+                hostname: "unknown".into(),
+                cloud_name: None,
+                region: None,
+                availability_zone: None,
+                source: crate::push::report::IdentitySource::MachineId,
+            };
+        };
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((std::time::Instant::now(), vm.clone()));
+        vm
+    }
+}
+
+/// `berth_vm_info{instance_id,hostname,cloud,region,availability_zone,source} 1`: joins this
+/// VM's series to the cloud's own inventory.
+pub fn vm_registry(vm: &crate::push::report::Vm) -> Registry {
+    let source = match vm.source {
+        crate::push::report::IdentitySource::CloudInit => "cloud-init",
+        crate::push::report::IdentitySource::MachineId => "machine-id",
+    };
+    let labels = vec![
+        ("instance_id", vm.instance_id.clone()),
+        ("hostname", vm.hostname.clone()),
+        ("cloud", vm.cloud_name.clone().unwrap_or_default()),
+        ("region", vm.region.clone().unwrap_or_default()),
+        (
+            "availability_zone",
+            vm.availability_zone.clone().unwrap_or_default(),
+        ),
+        ("source", source.to_string()),
+    ];
+    let mut r = Registry::default();
+    r.register(
+        "berth_vm",
+        "The VM berth runs on, as cloud-init's instance data names it (else /etc/machine-id)",
+        prometheus_client::metrics::info::Info::new(labels),
+    );
+    r
 }
 
 /// Every state a service can be in, in the order of [`State`]: the members of the state set.
@@ -172,6 +252,34 @@ pub fn proxy_registry(shared: &crate::proxy::ports::Shared) -> Registry {
             ports
                 .iter()
                 .map(|(p, s, c)| (port(*p, s), c.active.load(Relaxed)))
+                .collect(),
+        ),
+    );
+    let relays = shared.relay_counters();
+    let relay = |c: &str, s: &str, p: u16| {
+        vec![
+            ("consumer", c.to_string()),
+            ("service", s.to_string()),
+            ("port", p.to_string()),
+        ]
+    };
+    r.register(
+        "berth_relay_connections",
+        "Connections a service made to a service it uses, through berth's listener inside its own network namespace",
+        Counters(
+            relays
+                .iter()
+                .map(|(c, s, p, k)| (relay(c, s, *p), k.connections_total.load(Relaxed)))
+                .collect(),
+        ),
+    );
+    r.register(
+        "berth_relay_active_connections",
+        "Connections open now from a service to a service it uses",
+        Gauges(
+            relays
+                .iter()
+                .map(|(c, s, p, k)| (relay(c, s, *p), k.active.load(Relaxed)))
                 .collect(),
         ),
     );
@@ -412,12 +520,13 @@ pub fn push_registry(c: crate::push::PushCounters) -> Registry {
 }
 
 /// The answer to `GET /metrics` on either door.
-pub fn render(sources: &Sources) -> Response {
+pub async fn render(sources: &Sources) -> Response {
+    let vm = sources.vm.get().await;
     // Clone the Arc and let go of the channel before encoding.
     let snap = sources.snapshots.borrow().clone();
     match snap {
         Some(snap) => {
-            let mut extra = vec![proxy_registry(&sources.proxy)];
+            let mut extra = vec![proxy_registry(&sources.proxy), vm_registry(&vm)];
             if let Some(p) = &sources.push {
                 extra.push(push_registry(p.counters()));
             }
@@ -614,7 +723,7 @@ async fn tcp_metrics(AxState(s): AxState<Arc<TcpState>>, headers: HeaderMap) -> 
                 .into_response();
         }
     }
-    render(&s.sources)
+    render(&s.sources).await
 }
 
 /// Serves `GET /metrics` (and nothing else) on `listener` until `shutdown` resolves.
@@ -741,6 +850,32 @@ mod tests {
 
     fn lines(text: &str) -> Vec<&str> {
         text.lines().collect()
+    }
+
+    #[tokio::test]
+    async fn the_vm_info_names_the_instance_from_cloud_init_data() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("instance-data.json");
+        std::fs::write(
+            &data,
+            r#"{"v1": {"instance_id": "b7e4-1", "local_hostname": "ws-alice", "cloud_name": "openstack", "region": "RegionOne", "availability_zone": "nova"}}"#,
+        )
+        .expect("write");
+        let info = VmInfo::new(crate::push::identity::Sources {
+            instance_data: data.clone(),
+            machine_id: dir.path().join("machine-id"),
+            hostname: dir.path().join("hostname"),
+            passwd: dir.path().join("passwd"),
+        });
+        let mut out = String::new();
+        text::encode_registry(&mut out, &vm_registry(&info.get().await)).expect("encode");
+        assert!(
+            out.contains(r#"berth_vm_info{instance_id="b7e4-1",hostname="ws-alice",cloud="openstack",region="RegionOne",availability_zone="nova",source="cloud-init"} 1"#),
+            "{out}"
+        );
+        // Kept for a while: a scrape does not read the file each time.
+        std::fs::remove_file(&data).expect("rm");
+        assert_eq!(info.get().await.instance_id, "b7e4-1");
     }
 
     #[test]
@@ -958,6 +1093,12 @@ mod tests {
                 snapshots,
                 proxy: Arc::new(crate::proxy::ports::Shared::default()),
                 push: None,
+                vm: Arc::new(VmInfo::new(crate::push::identity::Sources {
+                    instance_data: "/nonexistent/instance-data.json".into(),
+                    machine_id: "/nonexistent/machine-id".into(),
+                    hostname: "/proc/sys/kernel/hostname".into(),
+                    passwd: "/etc/passwd".into(),
+                })),
             };
             let task = tokio::spawn(serve(l, access, sources, async {
                 let _either_way = rx.await;

@@ -132,6 +132,12 @@ pub trait Podman: Send + Sync {
     ) -> impl Future<Output = Result<(), PodmanError>> + Send;
     /// Whether a named volume exists.
     fn volume_exists(&self, name: &str) -> impl Future<Output = Result<bool, PodmanError>> + Send;
+    /// The id of a pod's infra container (the holder of its namespaces); None when no such
+    /// pod, or it has none.
+    fn pod_infra(
+        &self,
+        pod: &str,
+    ) -> impl Future<Output = Result<Option<String>, PodmanError>> + Send;
     /// CPU and memory of running containers, one sample (`podman stats --no-stream`). Rootless
     /// Podman has them only on cgroup v2; elsewhere it answers an error that says so.
     fn stats(
@@ -577,6 +583,23 @@ impl Podman for PodmanClient {
         let what = format!("check volume {name}");
         self.exists(&what, &format!("/volumes/{}/exists", encode(name)))
             .await
+    }
+
+    async fn pod_infra(&self, pod: &str) -> Result<Option<String>, PodmanError> {
+        #[derive(Deserialize)]
+        struct RawPod {
+            // The same name on Podman 3.0 to 5.x.
+            #[serde(rename = "InfraContainerID", default)]
+            infra: Option<String>,
+        }
+        let what = format!("inspect pod {pod}");
+        let path = format!("/pods/{}/json", encode(pod));
+        let answer = self.call(&what, Method::GET, &path).await?;
+        if answer.status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let raw: RawPod = answer.success(&what)?.decode(&what)?;
+        Ok(raw.infra.filter(|id| !id.is_empty()))
     }
 }
 

@@ -20,6 +20,11 @@ use crate::gate;
 #[derive(Debug, Clone)]
 pub struct RenderCtx {
     pub podman: String,
+    /// The berth binary, for the hook that waits for the relays of a service that uses
+    /// others (see [`relays_hook`]).
+    pub berth: String,
+    /// The daemon's API socket when it is not the usual one (`BERTH_SOCKET`), for that hook.
+    pub api_socket: Option<String>,
     /// A CDI GPU spec (`nvidia.com/gpu=all`) is usable.
     pub gpu_available: bool,
     /// `/shared` is mounted.
@@ -33,6 +38,8 @@ impl Default for RenderCtx {
     fn default() -> Self {
         RenderCtx {
             podman: "/usr/bin/podman".into(),
+            berth: "/usr/local/bin/berth".into(),
+            api_socket: None,
             gpu_available: false,
             shared_present: false,
             systemd_version: 0,
@@ -231,14 +238,20 @@ fn labels(svc: &Service, unit: &str, ctr: Option<&Container>) -> Vec<Arg> {
     v
 }
 
-/// A service that uses others reaches their stable ports on the host's loopback, which
-/// slirp4netns exposes only when asked (at 10.0.2.2).
-fn host_loopback(svc: &Service) -> Vec<Arg> {
-    if svc.uses.is_empty() {
-        Vec::new()
-    } else {
-        vec![raw("--network=slirp4netns:allow_host_loopback=true")]
-    }
+/// Before a container of a service that uses others starts, berth must listen inside the
+/// pod's network namespace on each used service's stable port: the application may connect
+/// once, at its start. This hook asks the daemon for that and returns when the listeners are
+/// there (bounded by the unit's start timeout); without berth it fails, and the unit with it.
+fn relays_hook(svc: &Service, ctx: &RenderCtx) -> Option<String> {
+    (!svc.uses.is_empty()).then(|| {
+        let mut args = vec![raw(&ctx.berth), raw("relays-ready")];
+        if let Some(socket) = &ctx.api_socket {
+            args.push(raw("--socket"));
+            args.push(lit(socket));
+        }
+        args.push(lit(&svc.name));
+        exec(&args)
+    })
 }
 
 /// Publishes container ports on random loopback ports: the stable port belongs to berth's
@@ -299,7 +312,6 @@ fn render_pod(svc: &Service, ctx: &RenderCtx) -> UnitFile {
         raw(format!("--pod-id-file={id}")),
     ];
     create.extend(labels(svc, &unit, None));
-    create.extend(host_loopback(svc));
     create.extend(port_args(svc.ports().map(|p| (p.host, p.container))));
     let _ = writeln!(out, "ExecStartPre=/bin/rm -f {pid} {id}");
     let _ = writeln!(out, "ExecStartPre={}", exec(&create));
@@ -367,6 +379,9 @@ fn render_container(svc: &Service, ctr: &Container, ctx: &RenderCtx) -> UnitFile
     let _ = writeln!(out, "TimeoutStopSec=70");
     let cid = "%t/%n.ctr-id";
     let _ = writeln!(out, "ExecStartPre=/bin/rm -f {cid}");
+    if let Some(hook) = relays_hook(svc, ctx) {
+        let _ = writeln!(out, "ExecStartPre={hook}");
+    }
     let mut start = Vec::new();
     if !gated.is_empty() {
         start.extend([
@@ -417,7 +432,6 @@ fn run_args(svc: &Service, ctr: &Container, ctx: &RenderCtx, unit: &str, cid: &s
     if svc.is_pod() {
         a.push(raw(format!("--pod-id-file=%t/{}.pod-id", pod_name(svc))));
     } else {
-        a.extend(host_loopback(svc));
         a.extend(port_args(ctr.ports.iter().map(|p| (p.host, p.container))));
     }
     a.push(raw("--log-driver=k8s-file"));
@@ -599,6 +613,54 @@ image = "localhost/b:1"
         assert_eq!(service_of_unit("berth-web--db.service"), Some("web"));
         assert_eq!(service_of_unit("berth-web.service"), Some("web"));
         assert_eq!(service_of_unit("other.service"), None);
+    }
+
+    #[test]
+    fn a_service_that_uses_others_runs_as_a_pod_whose_containers_wait_for_the_relays() {
+        let api = WEB
+            .replace("name = \"web\"", "name = \"api\"")
+            .replace("18081", "18090");
+        let client = WEB
+            .replace("name = \"web\"", "name = \"web\"\nuses = [\"api\"]")
+            .replace("PLAIN = \"a b\"", "PLAIN = \"${service.api.url}\"");
+        let c = from_sources(
+            None,
+            &[
+                Source::new("t/api.toml", api),
+                Source::new("t/web.toml", client),
+            ],
+        )
+        .expect("valid");
+        let ctx = RenderCtx {
+            berth: "/opt/berth/bin/berth".into(),
+            ..RenderCtx::default()
+        };
+        let units = render(c.get("web").expect("web"), &ctx);
+        let names: Vec<_> = units.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["berth-web.service", "berth-web--app.service"]);
+        let (pod, app) = (&units[0].content, &units[1].content);
+        assert!(pod.contains("After=berth-api.service"), "{pod}");
+        assert!(
+            pod.contains("-p 127.0.0.1::8080"),
+            "the pod publishes: {pod}"
+        );
+        let hook = "ExecStartPre=/opt/berth/bin/berth relays-ready web";
+        let start = app.find("ExecStart=").expect("ExecStart");
+        let pre = app
+            .find(hook)
+            .unwrap_or_else(|| panic!("no relays hook: {app}"));
+        assert!(pre < start, "the hook runs before the container: {app}");
+        assert!(app.contains("--env PLAIN=http://127.0.0.1:18090"), "{app}");
+        for u in &units {
+            assert!(
+                !u.content.contains("allow_host_loopback") && !u.content.contains("slirp4netns"),
+                "no view of the host's loopback: {}",
+                u.content
+            );
+        }
+        // A service that uses nothing has no hook.
+        let alone = render(c.get("api").expect("api"), &ctx);
+        assert!(alone.iter().all(|u| !u.content.contains("relays-ready")));
     }
 
     #[test]

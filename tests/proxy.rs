@@ -317,15 +317,16 @@ fn a_service_reaches_the_services_it_uses_through_their_injected_stable_urls() {
     w.start_daemon();
     w.ok(&["enable", "it-api"]);
     w.ok(&["enable", "it-client"]);
+    // A service that uses others runs as a pod: its container is `berth-it-client--web`.
     let o = podman(&[
         "exec",
-        "berth-it-client",
+        "berth-it-client--web",
         "sh",
         "-c",
         "echo $API_URL; wget -q -O - \"$API_URL\"",
     ]);
     let out = text(&o);
-    assert!(out.contains("http://10.0.2.2:18200"), "{out}");
+    assert!(out.contains("http://127.0.0.1:18200"), "{out}");
     assert!(
         out.contains("berth demo"),
         "the container reached it-api through berth: {out}"

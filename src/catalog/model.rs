@@ -45,6 +45,23 @@ pub enum Gpu {
     Required,
 }
 
+/// How `berth backup` keeps a running service's volumes consistent (`[backup] mode`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(tag = "mode", rename_all = "lowercase")]
+pub enum BackupMode {
+    /// Stopped for the copy and started again after: right for any application.
+    #[default]
+    Stop,
+    /// Copied while it runs: its files are consistent at any moment.
+    Live,
+    /// `command` runs in `container` first (a dump into a volume, a checkpoint), then the
+    /// copy is made while the service runs.
+    Command {
+        container: String,
+        command: Vec<String>,
+    },
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Service {
     pub name: String,
@@ -61,6 +78,8 @@ pub struct Service {
     pub start_timeout: Duration,
     /// A check berth runs itself against the service's stable port.
     pub probe: Option<Probe>,
+    /// How `berth backup` copies the volumes of the service while it runs.
+    pub backup: BackupMode,
     /// In start order: every container comes after those it names in `after`.
     pub containers: Vec<Container>,
     pub origin: Origin,
@@ -70,9 +89,12 @@ pub struct Service {
 }
 
 impl Service {
-    /// Several containers share one pod; a single container runs on its own.
+    /// Several containers share one pod; so does a service that uses others, even with one
+    /// container: its pod's network namespace exists before the application starts, so
+    /// berth's relays to the used services listen there first (see `proxy::relays`). A single
+    /// container otherwise runs on its own.
     pub fn is_pod(&self) -> bool {
-        self.containers.len() > 1
+        self.containers.len() > 1 || !self.uses.is_empty()
     }
 
     pub fn ports(&self) -> impl Iterator<Item = &Port> {

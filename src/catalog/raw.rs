@@ -27,8 +27,19 @@ pub struct RawService {
     pub secrets: Vec<Spanned<String>>,
     pub start_timeout: Option<Spanned<String>>,
     pub probe: Option<Spanned<RawProbe>>,
+    pub backup: Option<Spanned<RawBackup>>,
     #[serde(default)]
     pub containers: Vec<Spanned<RawContainer>>,
+}
+
+/// `[backup]`: how `berth backup` keeps a running service's volumes consistent.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackup {
+    pub mode: Spanned<String>,
+    pub container: Option<Spanned<String>>,
+    #[serde(default)]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -253,6 +253,30 @@ fn builtin_catalog_is_valid() {
 }
 
 #[test]
+fn a_container_port_on_a_used_services_stable_port_is_refused_naming_both() {
+    let api = GOOD.replace("\"web\"", "\"api\"").replace("18081", "18090");
+    // The client's container listens on 18090 itself: berth's relay to api needs it.
+    let client = GOOD
+        .replace("name = \"web\"", "name = \"client\"\nuses = [\"api\"]")
+        .replace("18081", "18091")
+        .replace("container = 8080", "container = 18090");
+    assert!(client.contains("container = 18090"), "{client}");
+    let e = from_sources(
+        None,
+        &[
+            Source::new("a/api.toml", api.clone()),
+            Source::new("c/client.toml", client),
+        ],
+    )
+    .expect_err("clash");
+    let text = e.to_string();
+    assert!(text.contains("c/client.toml"), "{text}");
+    assert!(text.contains("container port 18090"), "{text}");
+    assert!(text.contains("service \"api\""), "{text}");
+    assert!(text.contains("a/api.toml"), "{text}");
+}
+
+#[test]
 fn service_urls_resolve_only_for_used_services() {
     let api = GOOD.replace("\"web\"", "\"api\"").replace("18081", "18090");
     let client = GOOD
@@ -271,8 +295,8 @@ fn service_urls_resolve_only_for_used_services() {
     )
     .expect("valid");
     let env = &c.get("client").expect("client").containers[0].env;
-    assert_eq!(env["A"], "http://10.0.2.2:18090/v1");
-    assert_eq!(env["B"], "http://10.0.2.2:18090");
+    assert_eq!(env["A"], "http://127.0.0.1:18090/v1");
+    assert_eq!(env["B"], "http://127.0.0.1:18090");
     let not_used = client.replace("uses = [\"api\"]\n", "");
     let e = from_sources(
         None,
@@ -344,4 +368,44 @@ fn shm_size_is_refused_in_a_pod() {
     assert_eq!(d[0].field, "containers[1].shm_size");
     assert_eq!(d[0].line, 18, "{d:?}");
     assert!(d[0].message.contains("Podman 3.4 cannot size"), "{}", d[0]);
+}
+
+#[test]
+fn backup_modes_are_validated_with_their_fields() {
+    let with = |b: &str| {
+        from_sources(
+            None,
+            &[Source::new(
+                "t/web.toml",
+                GOOD.replacen("[[containers]]", &format!("{b}\n[[containers]]"), 1),
+            )],
+        )
+    };
+    let c = with("").expect("no [backup]");
+    assert_eq!(
+        c.get("web").expect("web").backup,
+        crate::catalog::BackupMode::Stop
+    );
+    let c = with("[backup]\nmode = \"live\"").expect("live");
+    assert_eq!(
+        c.get("web").expect("web").backup,
+        crate::catalog::BackupMode::Live
+    );
+    let e = with("[backup]\nmode = \"snapshot\"").expect_err("unknown mode");
+    assert!(e.to_string().contains("backup.mode"), "{e}");
+    assert!(
+        e.to_string().contains("t/web.toml:"),
+        "names the file and line: {e}"
+    );
+    let e = with("[backup]\nmode = \"command\"\ncontainer = \"nope\"\ncommand = [\"true\"]")
+        .expect_err("no such container");
+    assert!(e.to_string().contains("backup.container"), "{e}");
+    let e =
+        with("[backup]\nmode = \"live\"\ncommand = [\"true\"]").expect_err("command without mode");
+    assert!(
+        e.to_string().contains("takes no container or command"),
+        "{e}"
+    );
+    let e = with("[backup]\nmode = \"stop\"\nwhen = \"daily\"").expect_err("unknown field");
+    assert!(e.to_string().contains("when"), "{e}");
 }

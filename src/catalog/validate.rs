@@ -12,8 +12,8 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::model::{
-    Container, FileMount, Gpu, Health, Origin, Policy, Port, Probe, Service, Volume, VolumeSource,
-    SECRET_PREFIX,
+    BackupMode, Container, FileMount, Gpu, Health, Origin, Policy, Port, Probe, Service, Volume,
+    VolumeSource, SECRET_PREFIX,
 };
 use super::raw::{RawContainer, RawPolicy, RawService};
 use super::{Diagnostic, Source};
@@ -487,12 +487,18 @@ pub fn service(
         })
     });
 
+    let backup = match raw.backup.as_ref() {
+        None => BackupMode::default(),
+        Some(b) => backup_mode(&mut cx, b, &containers),
+    };
+
     if diags.len() > before {
         return None;
     }
     Some((
         Service {
             probe,
+            backup,
             name,
             description,
             homepage: raw.homepage,
@@ -511,6 +517,66 @@ pub fn service(
         },
         spans,
     ))
+}
+
+/// `[backup]`: `mode = "stop" | "live" | "command"`; `command` needs `container` (one of the
+/// service's) and a non-empty `command`, which the other modes do not take.
+fn backup_mode(
+    cx: &mut Ctx<'_>,
+    b: &Spanned<crate::catalog::raw::RawBackup>,
+    containers: &[Container],
+) -> BackupMode {
+    let raw = b.get_ref();
+    let mode = raw.mode.get_ref().as_str();
+    let extra = raw.container.is_some() || !raw.command.is_empty();
+    match mode {
+        "stop" | "live" if extra => {
+            cx.err(
+                span_of(&raw.mode),
+                "backup.mode",
+                format!("{mode:?} takes no container or command (only mode = \"command\" does)"),
+            );
+            BackupMode::default()
+        }
+        "stop" => BackupMode::Stop,
+        "live" => BackupMode::Live,
+        "command" => {
+            let Some(c) = raw.container.as_ref() else {
+                cx.err(
+                    span_of(&raw.mode),
+                    "backup.container",
+                    "mode = \"command\" needs the container to run it in",
+                );
+                return BackupMode::default();
+            };
+            if !containers.iter().any(|x| x.name == *c.get_ref()) {
+                cx.err(
+                    span_of(c),
+                    "backup.container",
+                    format!("{:?} is not a container of this service", c.get_ref()),
+                );
+            }
+            if raw.command.is_empty() {
+                cx.err(
+                    span_of(&raw.mode),
+                    "backup.command",
+                    "mode = \"command\" needs a command",
+                );
+            }
+            BackupMode::Command {
+                container: c.get_ref().clone(),
+                command: raw.command.clone(),
+            }
+        }
+        other => {
+            cx.err(
+                span_of(&raw.mode),
+                "backup.mode",
+                format!("{other:?} is not one of stop, live, command"),
+            );
+            BackupMode::default()
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -931,6 +997,40 @@ pub fn across(
             }
         }
     }
+    // Inside a consumer's network namespace berth listens on each used service's stable port:
+    // the consumer's own containers must not listen there too.
+    for (name, svc) in services {
+        for used in &svc.uses {
+            let Some(u) = services.get(used) else {
+                continue;
+            };
+            for up in u.ports() {
+                for (ci, ctr) in svc.containers.iter().enumerate() {
+                    for (pi, own) in ctr.ports.iter().enumerate() {
+                        if own.container == up.host {
+                            let loc = spans
+                                .get(name)
+                                .and_then(|sp| {
+                                    sp.ports
+                                        .iter()
+                                        .find(|(h, n, _)| *h == own.host && n == &own.name)
+                                })
+                                .and_then(|(_, _, l)| l.clone());
+                            diags.push(Diagnostic::at(
+                                loc.as_ref(),
+                                &svc.origin.file,
+                                format!("containers[{ci}].ports[{pi}].container"),
+                                format!(
+                                    "container port {} clashes with port {:?} of service {used:?} ({}), which this service uses: berth listens on 127.0.0.1:{} inside its containers for it",
+                                    own.container, up.name, u.origin.file.display(), up.host
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
     if let Some(cycle) = uses_cycle(services) {
         let first = &services[&cycle[0]];
         let loc = spans
@@ -946,10 +1046,10 @@ pub fn across(
     }
 }
 
-/// Where a container reaches the host's loopback: slirp4netns maps the host's 127.0.0.1 to
-/// this address when started with `allow_host_loopback=true` (which berth does for services
-/// that `use` others).
-pub const HOST_LOOPBACK_FROM_CONTAINER: &str = "10.0.2.2";
+/// Where a container reaches a service it uses: its own loopback, where berth listens for it
+/// on the used service's stable port and relays to that service (the same URL as on the
+/// desktop).
+pub const USED_SERVICE_HOST: &str = "127.0.0.1";
 
 const SERVICE_PREFIX: &str = "${service.";
 
@@ -998,9 +1098,7 @@ pub fn resolve_service_refs(services: &mut BTreeMap<String, Service>, diags: &mu
                         _ => Err(format!("${{service.{}}} is not a known reference (use ${{service.NAME.url}} or ${{service.NAME.PORT.url}})", &after[..end])),
                     };
                     match resolved {
-                        Ok(port) => {
-                            out.push_str(&format!("http://{HOST_LOOPBACK_FROM_CONTAINER}:{port}"))
-                        }
+                        Ok(port) => out.push_str(&format!("http://{USED_SERVICE_HOST}:{port}")),
                         Err(e) => diags.push(Diagnostic::at(
                             None,
                             &file,

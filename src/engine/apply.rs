@@ -63,6 +63,15 @@ where
     /// Tells the proxy which stable ports to serve.
     pub(super) fn publish_specs(&self) {
         let specs = desired::port_specs(&self.catalog.current, &self.state);
+        let relays = desired::relay_wants(&self.catalog.current, &self.state, &specs);
+        self.out.relays.send_if_modified(|old| {
+            if *old == relays {
+                false
+            } else {
+                *old = relays;
+                true
+            }
+        });
         self.out.specs.send_if_modified(|old| {
             if *old == specs {
                 false

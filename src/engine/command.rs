@@ -86,6 +86,7 @@ pub struct Handle {
     pub(super) catalog: watch::Receiver<Arc<Catalog>>,
     pub(super) snapshot: watch::Receiver<Option<Arc<Snapshot>>>,
     pub(super) specs: watch::Receiver<Vec<PortSpec>>,
+    pub(super) relays: watch::Receiver<Vec<crate::proxy::relays::RelayWant>>,
     pub(super) proxy: Arc<ProxyShared>,
     pub(super) units_changed: Arc<Notify>,
     pub(super) events: broadcast::Sender<Event>,
@@ -117,6 +118,11 @@ impl Handle {
     /// The stable ports the proxy should serve, updated after every pass.
     pub fn port_specs(&self) -> watch::Receiver<Vec<PortSpec>> {
         self.specs.clone()
+    }
+
+    /// The relays the proxy should make inside consumers' pods, updated with the port specs.
+    pub fn relay_wants(&self) -> watch::Receiver<Vec<crate::proxy::relays::RelayWant>> {
+        self.relays.clone()
     }
 
     /// State shared with the proxy (bind errors, counters, backends).

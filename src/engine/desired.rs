@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::catalog::{Catalog, Gpu};
 use crate::plan::{Desired, DesiredService};
 use crate::proxy::ports::PortSpec;
+use crate::proxy::relays::{RelayPort, RelayWant};
 use crate::state::{Choice, UserState};
 use crate::units::{self, RenderCtx};
 
@@ -94,4 +95,85 @@ pub(super) fn port_specs(catalog: &Catalog, state: &UserState) -> Vec<PortSpec> 
         }
     }
     specs
+}
+
+/// The relays the proxy should make inside consumers' pods: for every enabled service that
+/// uses others, each used service's ports (served as `specs` serves them, or refused while
+/// that service is not enabled).
+pub(super) fn relay_wants(
+    catalog: &Catalog,
+    state: &UserState,
+    specs: &[PortSpec],
+) -> Vec<RelayWant> {
+    let mut wants = Vec::new();
+    for (name, svc) in &catalog.services {
+        if svc.uses.is_empty() || choice(catalog, state, name) != Choice::On {
+            continue;
+        }
+        let mut ports = Vec::new();
+        for used in &svc.uses {
+            let Some(u) = catalog.services.get(used) else {
+                continue;
+            };
+            for p in u.ports() {
+                ports.push(RelayPort {
+                    service: used.clone(),
+                    port: p.host,
+                    spec: specs
+                        .iter()
+                        .find(|s| s.service == *used && s.port == p.host)
+                        .cloned(),
+                });
+            }
+        }
+        wants.push(RelayWant {
+            consumer: name.clone(),
+            pod: units::pod_name(svc),
+            ports,
+        });
+    }
+    wants
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{from_sources, Source};
+
+    fn service(name: &str, port: u16, extra: &str) -> String {
+        format!(
+            "name = \"{name}\"\ndescription = \"x\"\n{extra}\n[[containers]]\nname = \"app\"\nimage = \"localhost/x:1\"\n[[containers.ports]]\nname = \"http\"\nhost = {port}\ncontainer = 8080\n"
+        )
+    }
+
+    #[test]
+    fn relays_follow_enabled_consumers_and_say_which_used_services_are_off() {
+        let c = from_sources(
+            None,
+            &[
+                Source::new("t/api.toml", service("api", 18090, "")),
+                Source::new("t/cache.toml", service("cache", 18092, "")),
+                Source::new(
+                    "t/web.toml",
+                    service("web", 18091, "uses = [\"api\", \"cache\"]"),
+                ),
+            ],
+        )
+        .expect("valid");
+        let mut state = UserState::default();
+        assert!(relay_wants(&c, &state, &[]).is_empty(), "web is off");
+        state.set("web", Choice::On);
+        state.set("api", Choice::On);
+        let specs = port_specs(&c, &state);
+        let wants = relay_wants(&c, &state, &specs);
+        assert_eq!(wants.len(), 1);
+        let w = &wants[0];
+        assert_eq!((w.consumer.as_str(), w.pod.as_str()), ("web", "berth-web"));
+        let ports: Vec<_> = w
+            .ports
+            .iter()
+            .map(|p| (p.service.as_str(), p.port, p.spec.is_some()))
+            .collect();
+        assert_eq!(ports, [("api", 18090, true), ("cache", 18092, false)]);
+    }
 }

@@ -135,6 +135,7 @@ struct Outputs {
     catalog: watch::Sender<Arc<crate::catalog::Catalog>>,
     snapshot: watch::Sender<Option<Arc<Snapshot>>>,
     specs: watch::Sender<Vec<PortSpec>>,
+    relays: watch::Sender<Vec<crate::proxy::relays::RelayWant>>,
     events: broadcast::Sender<Event>,
 }
 
@@ -195,6 +196,7 @@ where
         let (snapshot_tx, snapshot_rx) = watch::channel(None);
         let (probe_tx, probe_rx) = mpsc::unbounded_channel();
         let (specs_tx, specs_rx) = watch::channel(Vec::new());
+        let (relays_tx, relays_rx) = watch::channel(Vec::new());
         let (pull_tx, pull_rx) = mpsc::unbounded_channel();
         let (tx, rx) = mpsc::channel(64);
         let (events_tx, _) = broadcast::channel(EVENT_BACKLOG);
@@ -206,6 +208,7 @@ where
             catalog: catalog_rx,
             snapshot: snapshot_rx,
             specs: specs_rx,
+            relays: relays_rx,
             proxy: proxy.clone(),
             units_changed: units_changed.clone(),
             events: events_tx.clone(),
@@ -242,6 +245,7 @@ where
                 catalog: catalog_tx,
                 snapshot: snapshot_tx,
                 specs: specs_tx,
+                relays: relays_tx,
                 events: events_tx,
             },
             proxy,

@@ -5,4 +5,5 @@ pub mod forward;
 pub mod netns;
 pub mod owner;
 pub mod ports;
+pub mod relays;
 mod splice;

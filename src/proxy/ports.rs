@@ -121,10 +121,17 @@ pub struct Shared {
     /// Backends (service, container port) being refreshed in the background.
     refreshing: Mutex<std::collections::BTreeSet<(String, u16)>>,
     activity: Mutex<BTreeMap<String, Arc<Activity>>>,
+    /// Counters of the relays inside consumers' network namespaces, by (consumer, service,
+    /// port).
+    relay_counters: Mutex<BTreeMap<(String, String, u16), Arc<Counters>>>,
+    /// Asks for a consumer's relays (`berth relays-ready`), served by [`super::relays::run`].
+    relay_tx: tokio::sync::mpsc::UnboundedSender<super::relays::Request>,
+    relay_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<super::relays::Request>>>,
 }
 
 impl Default for Shared {
     fn default() -> Self {
+        let (relay_tx, relay_rx) = tokio::sync::mpsc::unbounded_channel();
         Shared {
             stop: watch::channel(false).0,
             bind_errors: Mutex::default(),
@@ -135,6 +142,9 @@ impl Default for Shared {
             netns: Mutex::default(),
             refreshing: Mutex::default(),
             activity: Mutex::default(),
+            relay_counters: Mutex::default(),
+            relay_tx,
+            relay_rx: Mutex::new(Some(relay_rx)),
         }
     }
 }
@@ -253,6 +263,46 @@ impl Shared {
             .iter()
             .map(|(s, d)| (s.clone(), d.clone()))
             .collect()
+    }
+
+    /// Counters of every relay: (consumer, service, port, counters).
+    pub fn relay_counters(&self) -> Vec<(String, String, u16, Arc<Counters>)> {
+        lock(&self.relay_counters)
+            .iter()
+            .map(|((c, s, p), k)| (c.clone(), s.clone(), *p, k.clone()))
+            .collect()
+    }
+
+    pub(super) fn relay_counter(&self, consumer: &str, service: &str, port: u16) -> Arc<Counters> {
+        lock(&self.relay_counters)
+            .entry((consumer.to_string(), service.to_string(), port))
+            .or_default()
+            .clone()
+    }
+
+    pub(super) fn forget_relay_counters(&self, consumer: &str) {
+        lock(&self.relay_counters).retain(|(c, _, _), _| c != consumer);
+    }
+
+    pub(super) fn take_relay_requests(
+        &self,
+    ) -> Option<tokio::sync::mpsc::UnboundedReceiver<super::relays::Request>> {
+        lock(&self.relay_rx).take()
+    }
+
+    /// Asks for the relays of `consumer` to listen inside its pod's network namespace and
+    /// waits until they do: the number of ports, or why not.
+    pub async fn relays_ready(&self, consumer: &str) -> Result<usize, String> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.relay_tx
+            .send(super::relays::Request {
+                consumer: consumer.to_string(),
+                reply,
+            })
+            .map_err(|_| "berth's relays are not running".to_string())?;
+        answer
+            .await
+            .unwrap_or_else(|_| Err("berth's relays stopped".to_string()))
     }
 
     fn activity(&self, service: &str) -> Arc<Activity> {
@@ -477,7 +527,8 @@ async fn serve_port<P: Podman + Clone + 'static, E: Engine>(
                 continue;
             }
         };
-        let (spec, podman, engine, shared, counters, waiting) = (
+        spawn_client(
+            client,
             spec.clone(),
             podman.clone(),
             engine.clone(),
@@ -485,21 +536,39 @@ async fn serve_port<P: Podman + Clone + 'static, E: Engine>(
             counters.clone(),
             waiting.clone(),
         );
-        tokio::spawn(async move {
-            let activity = shared.activity(&spec.service);
-            activity.active.fetch_add(1, Ordering::Relaxed);
-            shared.touch(&spec.service);
-            let result = connection(
-                client, &spec, &podman, &engine, &shared, &counters, &waiting,
-            )
-            .await;
-            if let Err(err) = result {
-                debug!(port = spec.port, service = %spec.service, %err, "connection ended with an error");
-            }
-            activity.active.fetch_sub(1, Ordering::Relaxed);
-            shared.touch(&spec.service);
-        });
     }
+}
+
+/// Serves one accepted client of a service's port (a stable port, or a relay to it), counted
+/// as the service's activity.
+pub(super) fn spawn_client<P: Podman + Clone + 'static, E: Engine>(
+    client: TcpStream,
+    spec: PortSpec,
+    podman: P,
+    engine: E,
+    shared: Arc<Shared>,
+    counters: Arc<Counters>,
+    waiting: Arc<Semaphore>,
+) {
+    tokio::spawn(async move {
+        let activity = shared.activity(&spec.service);
+        activity.active.fetch_add(1, Ordering::Relaxed);
+        shared.touch(&spec.service);
+        let result = connection(
+            client, &spec, &podman, &engine, &shared, &counters, &waiting,
+        )
+        .await;
+        if let Err(err) = result {
+            debug!(port = spec.port, service = %spec.service, %err, "connection ended with an error");
+        }
+        activity.active.fetch_sub(1, Ordering::Relaxed);
+        shared.touch(&spec.service);
+    });
+}
+
+/// Whether berth is stopping: listeners stop accepting then (see [`drain`]).
+pub(super) fn stopping(shared: &Shared) -> watch::Receiver<bool> {
+    shared.stop.subscribe()
 }
 
 /// Why a client's connection was not served.
@@ -586,7 +655,7 @@ async fn connection<P: Podman + Clone + 'static, E: Engine>(
 
 /// Answers a client whose service cannot be reached: an HTTP client gets a `503` page that
 /// says why and how to retry; anything else is closed at once.
-async fn refuse(mut client: TcpStream, service: &str, why: &ConnError) {
+pub(super) async fn refuse(mut client: TcpStream, service: &str, why: &ConnError) {
     use tokio::io::AsyncWriteExt as _;
     let mut buf = [0u8; 1024];
     // HTTP clients speak first; wait briefly for their request line.

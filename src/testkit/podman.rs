@@ -200,6 +200,13 @@ impl Podman for MemPodman {
         Ok(false)
     }
 
+    /// A pod `berth-x` exists while its unit `berth-x.service` is active.
+    async fn pod_infra(&self, pod: &str) -> Result<Option<String>, PodmanError> {
+        self.check("inspect pod")?;
+        Ok((self.systemd.active(&format!("{pod}.service")) == "active")
+            .then(|| format!("{pod}-infra")))
+    }
+
     async fn stats(&self, names: &[String]) -> Result<Vec<ContainerStats>, PodmanError> {
         self.check("stats")?;
         Ok(names

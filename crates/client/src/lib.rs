@@ -208,6 +208,13 @@ impl Client {
         self.post("/v1/catalog/reload").await
     }
 
+    /// Makes berth listen inside `name`'s pod for the services it uses, and returns once it
+    /// does (the hook a consumer's container runs before it starts).
+    pub async fn relays_ready(&self, name: &str) -> Result<berth_proto::RelaysReady, ClientError> {
+        check(name)?;
+        self.post(&format!("/v1/services/{name}/relays")).await
+    }
+
     /// A one-time login link to the local web page that lands on `path` (`/`, or
     /// `/services/NAME/logs`).
     pub async fn web_session(&self, path: &str) -> Result<String, ClientError> {

@@ -406,6 +406,13 @@ pub struct WebSession {
     pub url: String,
 }
 
+/// The answer to `POST /v1/services/NAME/relays`: berth listens inside the service's pod for
+/// this many ports of the services it uses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelaysReady {
+    pub ports: usize,
+}
+
 /// The answer to `POST /v1/catalog/reload`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReloadAnswer {
