@@ -242,14 +242,14 @@ pub type NotifyArgs<'a> = (
     &'a str,
     &'a str,
     Vec<&'a str>,
-    HashMap<&'a str, zbus::Variant<'a>>,
+    HashMap<&'a str, zbus::zvariant::Value<'a>>,
     i32,
 );
 
 /// `Notify` for `n`, replacing the bubble `replaces` (0: a new one), with the server's default
 /// timeout.
 pub fn notify_args<'a>(n: &'a Notification, body: &'a str, replaces: u32) -> NotifyArgs<'a> {
-    let hints = HashMap::from([("urgency", zbus::Variant::U8(n.urgency as u8))]);
+    let hints = HashMap::from([("urgency", zbus::zvariant::Value::U8(n.urgency as u8))]);
     (
         APP_NAME,
         replaces,
@@ -275,16 +275,23 @@ enum CallError {
 
 impl From<zbus::Error> for CallError {
     fn from(e: zbus::Error) -> Self {
-        match &e {
-            zbus::Error::FDO(f)
-                if matches!(
-                    **f,
-                    zbus::fdo::Error::ServiceUnknown(_) | zbus::fdo::Error::NameHasNoOwner(_)
-                ) =>
-            {
-                CallError::NoServer
-            }
-            _ => CallError::Bus(e),
+        // zbus 5 hands the bus's error reply over as `MethodError` with its D-Bus name.
+        let no_server = match &e {
+            zbus::Error::FDO(f) => matches!(
+                **f,
+                zbus::fdo::Error::ServiceUnknown(_) | zbus::fdo::Error::NameHasNoOwner(_)
+            ),
+            zbus::Error::MethodError(name, ..) => matches!(
+                name.as_str(),
+                "org.freedesktop.DBus.Error.ServiceUnknown"
+                    | "org.freedesktop.DBus.Error.NameHasNoOwner"
+            ),
+            _ => false,
+        };
+        if no_server {
+            CallError::NoServer
+        } else {
+            CallError::Bus(e)
         }
     }
 }
@@ -304,7 +311,7 @@ struct Desktop {
 impl Desktop {
     async fn call<B>(&self, method: &str, body: &B) -> Result<zbus::Message, CallError>
     where
-        B: serde::Serialize + zbus::DynamicType,
+        B: serde::Serialize + zbus::zvariant::DynamicType,
     {
         let call = self
             .conn
@@ -426,7 +433,7 @@ pub async fn run(
 mod tests {
     use super::*;
     use berth_proto::{Counters, DaemonInfo, PortStatus};
-    use zbus::Type as _;
+    use zbus::zvariant::Type as _;
 
     fn svc(name: &str, state: State, reason: Option<&str>) -> ServiceStatus {
         ServiceStatus {
@@ -747,7 +754,7 @@ mod tests {
         assert_eq!(args.1, 7);
         assert_eq!((args.2, args.3, args.4), ("", "n8n failed", "boom"));
         assert!(args.5.is_empty());
-        assert_eq!(args.6.get("urgency"), Some(&zbus::Variant::U8(2)));
+        assert_eq!(args.6.get("urgency"), Some(&zbus::zvariant::Value::U8(2)));
         assert_eq!(args.7, -1);
     }
 }

@@ -11,25 +11,33 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 use serde::Serialize;
 use tokio::sync::Notify;
-use zbus::OwnedObjectPath;
+use zbus::zvariant::OwnedObjectPath;
 use zbus_systemd::systemd1::{ManagerProxy, UnitProxy};
 use zbus_systemd::zbus;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SystemdError {
     #[error("cannot connect to the systemd user manager on the session bus (is this a user session with DBUS_SESSION_BUS_ADDRESS set?)")]
-    Connect(#[source] zbus::Error),
+    Connect(#[source] Box<zbus::Error>),
     #[error("systemd: {what}")]
     Call {
         what: String,
+        // Boxed: zbus's error is large, and this one travels through every engine result.
         #[source]
-        source: zbus::Error,
+        source: Box<zbus::Error>,
     },
 }
 
 fn call(what: impl Into<String>) -> impl FnOnce(zbus::Error) -> SystemdError {
     let what = what.into();
-    move |source| SystemdError::Call { what, source }
+    move |source| SystemdError::Call {
+        what,
+        source: Box::new(source),
+    }
+}
+
+fn connect(e: zbus::Error) -> SystemdError {
+    SystemdError::Connect(Box::new(e))
 }
 
 /// State of one loaded unit.
@@ -122,13 +130,12 @@ impl UserManager {
         // A call that systemd never answers must not hold the engine forever: systemd answers
         // at once (jobs are waited for separately, bounded), so 30 s means something is wrong.
         let conn = zbus::connection::Builder::session()
+            .map_err(connect)?
             .method_timeout(Duration::from_secs(30))
             .build()
             .await
-            .map_err(SystemdError::Connect)?;
-        let manager = ManagerProxy::new(&conn)
-            .await
-            .map_err(SystemdError::Connect)?;
+            .map_err(connect)?;
+        let manager = ManagerProxy::new(&conn).await.map_err(connect)?;
         // Without Subscribe the manager sends no job and unit signals.
         manager.subscribe().await.map_err(call("subscribe"))?;
         Ok(UserManager { conn, manager })
@@ -177,6 +184,7 @@ impl UserManager {
             .map_err(call(format!("load {unit}")))?;
         UnitProxy::builder(&self.conn)
             .path(path)
+            .map_err(call(format!("unit {unit}")))?
             .cache_properties(zbus::proxy::CacheProperties::No)
             .build()
             .await
@@ -282,6 +290,7 @@ impl Systemd for UserManager {
             .map_err(call(format!("load {unit}")))?;
         let svc = zbus_systemd::systemd1::ServiceProxy::builder(&self.conn)
             .path(path)
+            .map_err(call(format!("service {unit}")))?
             .cache_properties(zbus::proxy::CacheProperties::No)
             .build()
             .await
@@ -302,6 +311,7 @@ impl Systemd for UserManager {
             .map_err(call(format!("load {unit}")))?;
         zbus_systemd::systemd1::ServiceProxy::builder(&self.conn)
             .path(path)
+            .map_err(call(format!("service {unit}")))?
             .cache_properties(zbus::proxy::CacheProperties::No)
             .build()
             .await
@@ -355,14 +365,13 @@ pub async fn watch_units(
     let rule = zbus::MatchRule::builder()
         .msg_type(zbus::message::Type::Signal)
         .interface("org.freedesktop.DBus.Properties")
-        .member("PropertiesChanged")
-        .path_namespace("/org/freedesktop/systemd1/unit")
-        .build()
-        .map_err(call("build match rule"))?;
-    let mut stream =
-        zbus::MessageStream::for_match_rule(rule, &conn, std::num::NonZeroUsize::new(64))
-            .await
-            .map_err(call("watch units"))?;
+        .and_then(|b| b.member("PropertiesChanged"))
+        .and_then(|b| b.path_namespace("/org/freedesktop/systemd1/unit"))
+        .map_err(call("build match rule"))?
+        .build();
+    let mut stream = zbus::MessageStream::for_match_rule(rule, &conn, Some(64))
+        .await
+        .map_err(call("watch units"))?;
     while let Some(msg) = stream.next().await {
         let Ok(msg) = msg else { continue };
         let header = msg.header();

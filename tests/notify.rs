@@ -35,7 +35,7 @@ type NotifyCall = (
     String,
     String,
     Vec<String>,
-    HashMap<String, zbus::OwnedVariant>,
+    HashMap<String, zbus::zvariant::OwnedValue>,
     i32,
 );
 
@@ -61,9 +61,9 @@ impl Server {
             let rule = zbus::MatchRule::builder()
                 .msg_type(zbus::message::Type::MethodCall)
                 .interface(NAME)
-                .path(PATH)
-                .build()
-                .expect("rule");
+                .and_then(|b| b.path(PATH))
+                .expect("rule")
+                .build();
             // Listening before owning the name, so that no call is missed.
             let stream = zbus::MessageStream::for_match_rule(rule, &conn, None)
                 .await
@@ -120,7 +120,7 @@ async fn serve(
                         next_id
                     };
                     let urgency = hints.get("urgency").and_then(|v| match &**v {
-                        zbus::Variant::U8(u) => Some(*u),
+                        zbus::zvariant::Value::U8(u) => Some(*u),
                         _ => None,
                     });
                     shown.lock().unwrap_or_else(|p| p.into_inner()).push(Shown {

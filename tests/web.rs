@@ -13,46 +13,6 @@ const PAGE_PORT: u16 = 18215;
 const SERVICE_PORT: u16 = 18216;
 const DRIVER_PORT: u16 = 18217;
 
-/// When a unit last became active, in microseconds of the wall clock (systemd's
-/// `ActiveEnterTimestamp`).
-fn unit_active_since_us(unit: &str) -> Option<u64> {
-    let o = systemctl(&[
-        "show",
-        "--property=ActiveEnterTimestamp",
-        "--timestamp=unix",
-        "--value",
-        unit,
-    ]);
-    let t = String::from_utf8_lossy(&o.stdout);
-    // `@1796160483` has seconds only; the D-Bus property has microseconds.
-    let path = format!(
-        "/org/freedesktop/systemd1/unit/{}",
-        unit.replace('-', "_2d").replace('.', "_2e")
-    );
-    let o = run(
-        "busctl",
-        &[
-            "--user",
-            "get-property",
-            "org.freedesktop.systemd1",
-            &path,
-            "org.freedesktop.systemd1.Unit",
-            "ActiveEnterTimestamp",
-        ],
-    );
-    let us = String::from_utf8_lossy(&o.stdout)
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok());
-    us.or_else(|| {
-        t.trim()
-            .trim_start_matches('@')
-            .parse::<u64>()
-            .ok()
-            .map(|s| s * 1_000_000)
-    })
-}
-
 /// chromedriver, stopped by its PID when dropped.
 struct Driver(Child);
 

@@ -56,6 +56,9 @@ BERTH_ENV_TEST_PACKAGES=(
     chromium                 # tests/web.rs drives the local web page in a real browser
     chromium-driver          #   through its WebDriver
     minisign                 # the admins' signing tool: tests/remote.rs signs a catalog with it
+    haskell-status-notifier-item-utils  # status-notifier-watcher: tests/tray.rs's tray host
+    xvfb xfce4-panel         # tests/tray.rs: the tray in a real XFCE panel on an X screen,
+    xfconf imagemagick xdotool  #   photographed (import) and clicked (xdotool)
 )
 # Podman needs a container network stack (Debian's containers-common depends
 # on the virtual package "container-network-stack"). With --no-install-recommends

@@ -72,7 +72,7 @@ pub struct MemSystemd(Arc<Mutex<Sys>>);
 fn failure(what: &str) -> SystemdError {
     SystemdError::Call {
         what: what.to_string(),
-        source: zbus::Error::Failure(format!("{what} failed in this test")),
+        source: Box::new(zbus::Error::Failure(format!("{what} failed in this test"))),
     }
 }
 
@@ -241,7 +241,7 @@ impl MemSystemd {
         if !known && Self::file(&s, unit).is_none() {
             return Err(SystemdError::Call {
                 what: format!("start {unit}"),
-                source: zbus::Error::Failure(format!("Unit {unit} not found.")),
+                source: Box::new(zbus::Error::Failure(format!("Unit {unit} not found."))),
             });
         }
         if s.failing.contains(unit) {
