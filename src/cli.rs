@@ -818,7 +818,7 @@ fn backup_places(to: Option<PathBuf>) -> Result<crate::backup::run::Places> {
 
 fn podman_cli() -> crate::backup::run::PodmanCli {
     crate::backup::run::PodmanCli {
-        podman: PathBuf::from(crate::daemon::detect_render_ctx().podman),
+        podman: PathBuf::from(crate::daemon::podman_path()),
     }
 }
 

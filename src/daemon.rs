@@ -77,9 +77,9 @@ fn take_lock(paths: &Paths) -> Result<std::fs::File, DaemonError> {
     }
 }
 
-/// Facts of this host for rendering units.
-pub fn detect_render_ctx() -> RenderCtx {
-    let podman = std::env::var_os("PATH")
+/// The podman binary on PATH (else the usual place).
+pub fn podman_path() -> String {
+    std::env::var_os("PATH")
         .and_then(|p| {
             std::env::split_paths(&p)
                 .map(|d| d.join("podman"))
@@ -88,7 +88,12 @@ pub fn detect_render_ctx() -> RenderCtx {
         .map_or_else(
             || "/usr/bin/podman".to_string(),
             |p| p.display().to_string(),
-        );
+        )
+}
+
+/// Facts of this host for rendering units.
+pub fn detect_render_ctx() -> RenderCtx {
+    let podman = podman_path();
     let dirs: Vec<PathBuf> = std::env::var_os("BERTH_CDI_DIRS").map_or_else(
         || crate::gpu::CDI_DIRS.iter().map(PathBuf::from).collect(),
         |v| std::env::split_paths(&v).collect(),
