@@ -653,6 +653,8 @@ fn validate(paths: &[PathBuf], alone: bool) -> Result<()> {
             builtin: false,
             policy: None,
             files: Vec::new(),
+            remote: Vec::new(),
+            user: Vec::new(),
         }
     } else {
         Layers::standard(&etc_dir())?

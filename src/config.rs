@@ -18,6 +18,14 @@ struct RawConfig {
     #[serde(default)]
     notifications: Option<RawNotifications>,
     web: Option<RawWeb>,
+    reload: Option<RawReload>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReload {
+    /// How often the catalog layers, the policy and config.toml are polled (besides inotify).
+    poll_interval: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,7 +90,12 @@ pub struct Config {
     pub push: Option<PushConfig>,
     pub notifications: bool,
     pub web: WebConfig,
+    /// How often the watched files are polled: what sees changes on network filesystems.
+    pub poll_interval: Duration,
 }
+
+/// The default poll of the watched files.
+pub const DEFAULT_POLL: Duration = Duration::from_secs(2);
 
 impl Default for Config {
     fn default() -> Self {
@@ -97,6 +110,7 @@ impl Default for Config {
                 enabled: true,
                 listen: SocketAddr::from(([127, 0, 0, 1], 7380)),
             },
+            poll_interval: DEFAULT_POLL,
         }
     }
 }
@@ -214,6 +228,23 @@ impl Config {
                         "web.listen".into(),
                         format!("{:?} is not an address like {DEFAULT_WEB_LISTEN}", l.get_ref()),
                     )),
+                }
+            }
+        }
+        if let Some(r) = raw.reload {
+            if let Some(p) = &r.poll_interval {
+                match parse_duration(p.get_ref()) {
+                    Ok(d) if d >= Duration::from_millis(100) && d <= Duration::from_secs(3600) => {
+                        cfg.poll_interval = d
+                    }
+                    Ok(_) => diags.push(src.diagnostic(
+                        Some(p.span()),
+                        "reload.poll_interval".into(),
+                        "must be in 100ms..=1h".into(),
+                    )),
+                    Err(e) => {
+                        diags.push(src.diagnostic(Some(p.span()), "reload.poll_interval".into(), e))
+                    }
                 }
             }
         }

@@ -337,6 +337,12 @@ fn registry(snap: &Snapshot) -> Registry {
         ConstGauge::new(i64::from(d.catalog_error.is_some())),
     );
     r.register(
+        "berth_config_error",
+        "1 while a changed config.toml does not validate (the daemon keeps the settings it \
+         started with), else 0",
+        ConstGauge::new(i64::from(d.config_error.is_some())),
+    );
+    r.register(
         "berth_podman_up",
         "1 while Podman's API answered the daemon's last question, else 0 (services keep \
          running without it)",
@@ -712,6 +718,7 @@ mod tests {
                 catalog_serial: "5e1a".into(),
                 catalog_error: None,
                 catalog_in_force: None,
+                config_error: None,
                 podman_error: None,
                 web_url: None,
                 web_error: None,

@@ -18,6 +18,9 @@ pub struct Paths {
     pub runtime_dir: PathBuf,
     /// Admin configuration, `/etc/berth` (`BERTH_ETC_DIR` overrides, for tests).
     pub etc_dir: PathBuf,
+    /// `$XDG_CONFIG_HOME/berth`: the user's own catalog layer (`catalog.d/`), where policy
+    /// allows it.
+    pub config_dir: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +44,9 @@ impl Paths {
         let runtime = env_path("XDG_RUNTIME_DIR").ok_or(PathsError::Missing("XDG_RUNTIME_DIR"))?;
         let state = env_path("XDG_STATE_HOME").unwrap_or_else(|| home.join(".local/state"));
         let data = env_path("XDG_DATA_HOME").unwrap_or_else(|| home.join(".local/share"));
+        let config = env_path("XDG_CONFIG_HOME").unwrap_or_else(|| home.join(".config"));
         Ok(Paths {
+            config_dir: config.join("berth"),
             state_dir: state.join("berth"),
             unit_dir: data.join("systemd/user"),
             runtime_dir: runtime.join("berth"),
@@ -69,5 +74,10 @@ impl Paths {
 
     pub fn etc(&self) -> &Path {
         &self.etc_dir
+    }
+
+    /// The user's own catalog files live in `catalog.d/` below it.
+    pub fn user_catalog(&self) -> &Path {
+        &self.config_dir
     }
 }

@@ -231,6 +231,8 @@ fn builtin_catalog_is_valid() {
         builtin: true,
         policy: None,
         files: vec![],
+        remote: vec![],
+        user: vec![],
     })
     .expect("built-in catalog valid");
     for name in [
@@ -344,4 +346,323 @@ fn shm_size_is_refused_in_a_pod() {
     assert_eq!(d[0].field, "containers[1].shm_size");
     assert_eq!(d[0].line, 18, "{d:?}");
     assert!(d[0].message.contains("Podman 3.4 cannot size"), "{}", d[0]);
+}
+
+// ---- policy rules -------------------------------------------------------------------------
+
+const POLICY: &str = "/etc/berth/policy.toml";
+
+fn with_policy(policy: &str, sources: &[Source]) -> Result<Catalog, CatalogError> {
+    from_sources(Some(&Source::new(POLICY, policy)), sources)
+}
+
+fn web_with_image(image: &str) -> String {
+    GOOD.replace("localhost/web:1", image)
+}
+
+#[test]
+fn an_image_outside_the_allowed_patterns_refuses_its_service_naming_the_rule() {
+    let policy = "# images\n\nallowed_images = [\"registry.corp/*\", \"localhost/berth-*\"]\n";
+    let c = with_policy(
+        policy,
+        &[Source::new("/etc/berth/catalog.d/web.toml", GOOD)],
+    )
+    .expect("a refusal is not an error of the catalog");
+    let why = c
+        .get("web")
+        .expect("kept")
+        .refused
+        .clone()
+        .expect("refused");
+    assert!(
+        why.contains("image localhost/web:1 is not allowed"),
+        "{why}"
+    );
+    assert!(
+        why.contains("policy rule `allowed_images` (/etc/berth/policy.toml:3)"),
+        "{why}"
+    );
+    let ok = with_policy(
+        policy,
+        &[Source::new(
+            "/etc/berth/catalog.d/web.toml",
+            web_with_image("registry.corp/team/web:2"),
+        )],
+    )
+    .expect("valid");
+    assert_eq!(ok.get("web").expect("web").refused, None);
+}
+
+#[test]
+fn a_patched_image_is_held_to_the_same_rule() {
+    let patch = "name = \"web\"\npatch = true\n[[containers]]\nname = \"app\"\nimage = \"docker.io/evil/web:1\"\n";
+    let c = with_policy(
+        "allowed_images = [\"localhost/*\"]\n",
+        &[
+            Source::new("<built-in>/web.toml", GOOD),
+            Source::new("/etc/berth/catalog.d/web.toml", patch),
+        ],
+    )
+    .expect("valid");
+    let why = c.get("web").expect("web").refused.clone().expect("refused");
+    assert!(why.contains("docker.io/evil/web:1"), "{why}");
+}
+
+#[test]
+fn glob_patterns() {
+    assert!(glob("docker.io/library/*", "docker.io/library/postgres:16"));
+    assert!(glob("*", "anything"));
+    assert!(glob("quay.io/*/minio:*", "quay.io/minio/minio:RELEASE.1"));
+    assert!(!glob("quay.io/*/minio:*", "quay.io/minio/mc:1"));
+    assert!(glob("localhost/web:1", "localhost/web:1"));
+    assert!(!glob("localhost/web:1", "localhost/web:10"));
+    assert!(!glob("a*a", "a"), "the two ends may not overlap");
+}
+
+#[test]
+fn required_services_are_locked_and_must_exist_and_not_be_refused() {
+    let c = with_policy(
+        "required_services = [\"web\"]\n",
+        &[Source::new("a/web.toml", GOOD)],
+    )
+    .expect("valid");
+    assert!(c.policy.is_required("web"));
+    assert_eq!(
+        c.policy.rule("required_services"),
+        "policy rule `required_services` (/etc/berth/policy.toml:1)"
+    );
+    let e = with_policy(
+        "\nrequired_services = [\"nosuch\"]\n",
+        &[Source::new("a/web.toml", GOOD)],
+    )
+    .expect_err("unknown");
+    assert_eq!(e.diagnostics()[0].line, 2, "{e}");
+    assert!(e.to_string().contains("unknown service \"nosuch\""), "{e}");
+    let e = with_policy(
+        "required_services = [\"web\"]\nallowed_images = [\"registry.corp/*\"]\n",
+        &[Source::new("a/web.toml", GOOD)],
+    )
+    .expect_err("required but refused");
+    assert!(
+        e.to_string()
+            .contains("policy.toml:1:1: required_services: required service \"web\" is refused"),
+        "{e}"
+    );
+    let e = with_policy(
+        "required_services = [\"web\"]\ndenied_services = [\"web\"]\n",
+        &[Source::new("a/web.toml", GOOD)],
+    )
+    .expect_err("both");
+    assert!(e.to_string().contains("also in denied_services"), "{e}");
+}
+
+#[test]
+fn denied_services_are_refused_with_the_rule() {
+    let c = with_policy(
+        "denied_services = [\"web\"]\n",
+        &[Source::new("a/web.toml", GOOD)],
+    )
+    .expect("valid");
+    let why = c.get("web").expect("web").refused.clone().expect("refused");
+    assert_eq!(
+        why,
+        "denied by policy rule `denied_services` (/etc/berth/policy.toml:1)"
+    );
+}
+
+#[test]
+fn on_demand_is_forced_for_named_services_with_a_port() {
+    let c = with_policy(
+        "on_demand = [\"web\"]\n",
+        &[Source::new("a/web.toml", GOOD)],
+    )
+    .expect("valid");
+    let s = c.get("web").expect("web");
+    assert!(s.on_demand);
+    assert_eq!(s.policy_set[0].field, "on_demand");
+    assert_eq!(
+        (s.policy_set[0].file.as_path(), s.policy_set[0].line),
+        (Path::new(POLICY), 1)
+    );
+    let portless = GOOD
+        .split("[[containers.ports]]")
+        .next()
+        .expect("test setup")
+        .to_string();
+    let e = with_policy(
+        "on_demand = [\"web\"]\n",
+        &[Source::new("a/web.toml", portless)],
+    )
+    .expect_err("no port");
+    assert!(
+        e.to_string()
+            .contains("policy.toml:1:1: on_demand: service \"web\" has no port"),
+        "{e}"
+    );
+}
+
+#[test]
+fn ceilings_clamp_containers_and_record_the_rule() {
+    let big = GOOD.replace(
+        "image = \"localhost/web:1\"",
+        "image = \"localhost/web:1\"\nmemory = \"8g\"\ncpus = 4",
+    );
+    let policy = "[limits]\ncontainer_memory = \"2g\"\ncontainer_cpus = 1.5\n";
+    let c = with_policy(policy, &[Source::new("a/web.toml", big)]).expect("valid");
+    let s = c.get("web").expect("web");
+    assert_eq!(s.containers[0].memory, Some(2 << 30));
+    assert_eq!(s.containers[0].cpus, Some(1.5));
+    let fields: Vec<(&str, usize)> = s
+        .policy_set
+        .iter()
+        .map(|f| (f.field.as_str(), f.line))
+        .collect();
+    assert_eq!(
+        fields,
+        [("containers.app.memory", 2), ("containers.app.cpus", 3)]
+    );
+    // Without limits of its own a container gets the ceiling; below it, its own stays.
+    let c = with_policy(policy, &[Source::new("a/web.toml", GOOD)]).expect("valid");
+    assert_eq!(
+        c.get("web").expect("web").containers[0].memory,
+        Some(2 << 30)
+    );
+    let small = GOOD.replace(
+        "image = \"localhost/web:1\"",
+        "image = \"localhost/web:1\"\nmemory = \"256m\"",
+    );
+    let c = with_policy(policy, &[Source::new("a/web.toml", small)]).expect("valid");
+    assert_eq!(
+        c.get("web").expect("web").containers[0].memory,
+        Some(256 << 20)
+    );
+}
+
+#[test]
+fn user_ceilings_count_every_service_that_is_on() {
+    let a = GOOD.replace(
+        "image = \"localhost/web:1\"",
+        "image = \"localhost/web:1\"\nmemory = \"3g\"",
+    );
+    let b = a.replace("\"web\"", "\"web2\"").replace("18081", "18082");
+    let c = with_policy(
+        "[limits]\nuser_memory = \"4g\"\n",
+        &[Source::new("a/web.toml", a), Source::new("a/web2.toml", b)],
+    )
+    .expect("valid");
+    let one = [c.get("web").expect("web")];
+    assert!(policy::within_user_limits(&c.policy, one.into_iter()).is_ok());
+    let both = c.services.values();
+    let e = policy::within_user_limits(&c.policy, both).expect_err("6g > 4g");
+    assert!(e.contains("6g of memory, above the 4g of policy rule `limits.user_memory` (/etc/berth/policy.toml:2)"), "{e}");
+}
+
+#[test]
+fn bad_policy_values_name_their_line() {
+    for (text, line, field) in [
+        ("allowed_images = []\n", 1, "allowed_images"),
+        ("allowed_images = [\"a b\"]\n", 1, "allowed_images"),
+        (
+            "\n[limits]\ncontainer_memory = \"1k\"\n",
+            3,
+            "limits.container_memory",
+        ),
+        ("[limits]\nuser_cpus = 0\n", 2, "limits.user_cpus"),
+        ("[limits]\nswap = \"1g\"\n", 2, ""),
+        (
+            "required_services = [\"Bad Name\"]\n",
+            1,
+            "required_services",
+        ),
+        ("user_catalogs = \"yes\"\n", 1, ""),
+    ] {
+        let e = with_policy(text, &[Source::new("a/web.toml", GOOD)]).expect_err(text);
+        let d = &e.diagnostics()[0];
+        assert_eq!((d.line, d.field.as_str()), (line, field), "{text}: {e}");
+    }
+}
+
+#[test]
+fn container_limits_are_validated() {
+    let with = |v: &str| {
+        GOOD.replace(
+            "image = \"localhost/web:1\"",
+            &format!("image = \"localhost/web:1\"\n{v}"),
+        )
+    };
+    assert!(one(&with("memory = \"1g\"\ncpus = 0.5")).is_ok());
+    let d = diags(&with("memory = \"1m\""));
+    assert_eq!(
+        (d[0].line, d[0].field.as_str()),
+        (8, "containers[0].memory"),
+        "{d:?}"
+    );
+    let d = diags(&with("cpus = -1"));
+    assert_eq!(
+        (d[0].line, d[0].field.as_str()),
+        (8, "containers[0].cpus"),
+        "{d:?}"
+    );
+}
+
+fn user_file(name: &str, text: String) -> Source {
+    Source::new(format!("/home/u/.config/berth/catalog.d/{name}.toml"), text).in_layer(Layer::User)
+}
+
+#[test]
+fn user_catalogs_are_read_only_where_policy_allows() {
+    let mine = GOOD
+        .replace("\"web\"", "\"mine\"")
+        .replace("18081", "18099");
+    let c = from_sources(None, &[user_file("mine", mine.clone())]).expect("valid");
+    assert!(c.get("mine").is_none(), "not read by default");
+    assert!(c.ignored[0].contains("mine.toml: not read: policy rule `user_catalogs` (the default) does not allow user catalogs"), "{:?}", c.ignored);
+    let c = with_policy("user_catalogs = true\n", &[user_file("mine", mine)]).expect("valid");
+    let s = c.get("mine").expect("read");
+    assert_eq!(s.origin.layer, Layer::User);
+    assert_eq!(s.origin.line, 2);
+    assert!(c.ignored.is_empty());
+}
+
+#[test]
+fn a_users_entry_may_not_replace_a_required_service_and_is_held_to_the_image_rule() {
+    let policy =
+        "user_catalogs = true\nrequired_services = [\"web\"]\nallowed_images = [\"localhost/*\"]\n";
+    let theirs = GOOD.replace("18081", "18082");
+    let c = with_policy(
+        policy,
+        &[
+            Source::new("/etc/berth/catalog.d/web.toml", GOOD),
+            user_file("web", theirs),
+        ],
+    )
+    .expect("valid");
+    assert_eq!(c.get("web").expect("web").origin.layer, Layer::Admin);
+    assert!(
+        c.ignored[0]
+            .contains("required by policy rule `required_services` (/etc/berth/policy.toml:2)"),
+        "{:?}",
+        c.ignored
+    );
+    let other = web_with_image("docker.io/x/y:1")
+        .replace("\"web\"", "\"mine\"")
+        .replace("18081", "18099");
+    let c = with_policy(
+        policy,
+        &[
+            Source::new("/etc/berth/catalog.d/web.toml", GOOD),
+            user_file("mine", other),
+        ],
+    )
+    .expect("valid");
+    let why = c
+        .get("mine")
+        .expect("mine")
+        .refused
+        .clone()
+        .expect("refused");
+    assert!(
+        why.contains("allowed_images` (/etc/berth/policy.toml:3)"),
+        "{why}"
+    );
 }

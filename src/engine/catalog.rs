@@ -10,18 +10,27 @@
 //!   holding: it shows the services but applies nothing, because the default policy does not
 //!   know what the administrator meant to deny.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::catalog::{self, Catalog, CatalogError, LayerSources, Layers, Source};
+use crate::catalog::{self, Catalog, CatalogError, Layer, LayerSources, Layers, Source};
 use crate::files::Files;
 
-/// The layer files' modification times, to notice a change on disk.
-pub(super) type Stamp = Vec<(PathBuf, Option<SystemTime>)>;
+/// The layer files' modification times and sizes, to notice a change on disk.
+pub(super) type Stamp = Vec<(PathBuf, Option<(SystemTime, u64)>)>;
+
+/// Where the layers are read from.
+#[derive(Debug, Clone)]
+pub(super) struct Places {
+    /// `/etc/berth`: policy.toml and the admin layer's catalog.d.
+    pub etc: PathBuf,
+    /// `~/.config/berth`: the user's catalog.d.
+    pub user: PathBuf,
+}
 
 /// What is in force and what is wrong.
 #[derive(Debug)]
@@ -35,6 +44,7 @@ pub(super) struct CatalogState {
     pub hold: bool,
     stamp: Stamp,
     last_good: PathBuf,
+    places: Places,
 }
 
 /// The admin files of a catalog that validated, as kept on disk.
@@ -50,6 +60,9 @@ struct LastGood {
 struct SourceCopy {
     path: PathBuf,
     text: String,
+    /// Absent in copies kept before layers were recorded: those were all admin files.
+    #[serde(default)]
+    layer: Option<Layer>,
 }
 
 impl SourceCopy {
@@ -57,17 +70,19 @@ impl SourceCopy {
         SourceCopy {
             path: s.path.clone(),
             text: s.text.clone(),
+            layer: Some(s.layer),
         }
     }
 
     fn source(&self) -> Source {
         Source::new(self.path.clone(), self.text.clone())
+            .in_layer(self.layer.unwrap_or(Layer::Admin))
     }
 }
 
-/// Reads the layers under `etc` (blocking).
-fn read(etc: &Path) -> (Result<LayerSources, CatalogError>, Stamp) {
-    match Layers::standard(etc) {
+/// Reads the layers (blocking).
+fn read(places: &Places) -> (Result<LayerSources, CatalogError>, Stamp) {
+    match Layers::with_user(&places.etc, &places.user) {
         Ok(layers) => {
             let stamp = stamp(&layers);
             (Ok(catalog::read_layers(&layers)), stamp)
@@ -78,14 +93,22 @@ fn read(etc: &Path) -> (Result<LayerSources, CatalogError>, Stamp) {
 
 fn stamp(layers: &Layers) -> Stamp {
     layers
-        .files
-        .iter()
-        .chain(&layers.policy)
+        .all_files()
         .map(|p| {
-            let t = std::fs::metadata(p).and_then(|m| m.modified()).ok();
+            let t = std::fs::metadata(p)
+                .and_then(|m| Ok((m.modified()?, m.len())))
+                .ok();
             (p.clone(), t)
         })
         .collect()
+}
+
+/// The stamp of the layers as they are on disk now (blocking); `None` when the directories
+/// cannot be listed.
+pub(super) fn stamp_now(places: &Places) -> Option<Stamp> {
+    Layers::with_user(&places.etc, &places.user)
+        .ok()
+        .map(|l| stamp(&l))
 }
 
 /// Validates what was read; a file that could not be read fails it like a broken one.
@@ -114,9 +137,9 @@ fn count(n: usize) -> String {
 
 impl CatalogState {
     /// The catalog at the daemon's start (see the module's rules).
-    pub async fn boot(etc: &Path, files: &impl Files, last_good: PathBuf, now: u64) -> Self {
-        let etc_owned = etc.to_path_buf();
-        let (read, stamp) = tokio::task::spawn_blocking(move || read(&etc_owned))
+    pub async fn boot(places: Places, files: &impl Files, last_good: PathBuf, now: u64) -> Self {
+        let p = places.clone();
+        let (read, stamp) = tokio::task::spawn_blocking(move || read(&p))
             .await
             .unwrap_or_else(|_| (Ok(LayerSources::default()), Vec::new()));
         let mut st = CatalogState {
@@ -126,6 +149,7 @@ impl CatalogState {
             hold: false,
             stamp,
             last_good,
+            places,
         };
         let src = match read {
             Ok(src) => src,
@@ -246,14 +270,9 @@ impl CatalogState {
 
     /// Reads the layers again. A catalog that does not validate changes nothing; the error
     /// stays on display.
-    pub async fn reload(
-        &mut self,
-        etc: &Path,
-        files: &impl Files,
-        now: u64,
-    ) -> Result<usize, String> {
-        let etc_owned = etc.to_path_buf();
-        let (read, stamp) = tokio::task::spawn_blocking(move || read(&etc_owned))
+    pub async fn reload(&mut self, files: &impl Files, now: u64) -> Result<usize, String> {
+        let p = self.places.clone();
+        let (read, stamp) = tokio::task::spawn_blocking(move || read(&p))
             .await
             .unwrap_or_else(|_| (Ok(LayerSources::default()), Vec::new()));
         self.stamp = stamp;
@@ -281,14 +300,11 @@ impl CatalogState {
 
     /// Whether a layer file changed on disk since the last read (blocking metadata reads on
     /// the blocking pool).
-    pub async fn changed_on_disk(&self, etc: &Path) -> bool {
-        let etc = etc.to_path_buf();
+    pub async fn changed_on_disk(&self) -> bool {
+        let places = self.places.clone();
         let known = self.stamp.clone();
-        tokio::task::spawn_blocking(move || match Layers::standard(&etc) {
-            Ok(l) => stamp(&l) != known,
-            Err(_) => false,
-        })
-        .await
-        .unwrap_or(false)
+        tokio::task::spawn_blocking(move || stamp_now(&places).is_some_and(|s| s != known))
+            .await
+            .unwrap_or(false)
     }
 }

@@ -8,11 +8,14 @@ use crate::proxy::ports::PortSpec;
 use crate::state::{Choice, UserState};
 use crate::units::{self, RenderCtx};
 
-/// The user's choice as policy lets it stand: a denied service is off.
+/// The user's choice as policy lets it stand: a denied or refused service is off, a required
+/// one on.
 pub(super) fn choice(catalog: &Catalog, state: &UserState, name: &str) -> Choice {
     let policy = &catalog.policy;
-    if policy.denied_services.iter().any(|d| d == name) {
+    if policy.is_denied(name) || catalog.get(name).is_some_and(|s| s.refused.is_some()) {
         Choice::Off
+    } else if policy.is_required(name) {
+        Choice::On
     } else {
         state.choice(name, &policy.default_enabled)
     }

@@ -110,6 +110,8 @@ pub struct Engine<S, P, F, C> {
     first_pass: bool,
     podman_seen: PodmanSeen,
     web: WebSeen,
+    /// What is wrong with a changed config.toml (see [`Command::ConfigError`]).
+    config_error: Option<String>,
     inspected: InspectCache,
     probes: Probes,
     seen: Tracker,
@@ -128,6 +130,8 @@ struct Intake {
     pulls: mpsc::UnboundedReceiver<PullDone>,
     probes: mpsc::UnboundedReceiver<ProbeDone>,
     units_changed: Arc<Notify>,
+    /// A watcher saw a catalog layer or the policy change (see `crate::watch`).
+    layers_changed: Arc<Notify>,
 }
 
 /// What the engine publishes.
@@ -185,7 +189,10 @@ where
         let secrets = SecretStore::new(paths.secrets_dir());
         let now = edges.clock.now_unix();
         let catalog = CatalogState::boot(
-            paths.etc(),
+            catalog::Places {
+                etc: paths.etc().to_path_buf(),
+                user: paths.user_catalog().to_path_buf(),
+            },
             &edges.files,
             paths.state_dir.join("catalog-last-good.json"),
             now,
@@ -201,7 +208,9 @@ where
         let pulls = Pulls::load(&edges.files, paths.state_dir.join("pulls.toml"), pull_tx).await;
         let proxy = Arc::new(ProxyShared::default());
         let units_changed = Arc::new(Notify::new());
+        let layers_changed = Arc::new(Notify::new());
         let handle = Handle {
+            layers_changed: layers_changed.clone(),
             tx,
             catalog: catalog_rx,
             snapshot: snapshot_rx,
@@ -227,6 +236,7 @@ where
             first_pass: true,
             podman_seen: PodmanSeen::default(),
             web: WebSeen::default(),
+            config_error: None,
             inspected: InspectCache::default(),
             probes: Probes::new(probe_tx),
             seen: Tracker::default(),
@@ -237,6 +247,7 @@ where
                 pulls: pull_rx,
                 probes: probe_rx,
                 units_changed,
+                layers_changed,
             }),
             out: Outputs {
                 catalog: catalog_tx,
@@ -273,6 +284,7 @@ where
             catalog_serial: self.catalog.current.serial.clone(),
             catalog_error: self.catalog.error.clone(),
             catalog_in_force: self.catalog.in_force.clone(),
+            config_error: self.config_error.clone(),
             podman_error: self.podman_seen.error.clone(),
             web_url: self.web.url.clone(),
             web_error: self.web.error.clone(),

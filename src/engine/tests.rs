@@ -75,6 +75,7 @@ impl Rig {
             unit_dir: home.join(".local/share/systemd/user"),
             runtime_dir: PathBuf::from("/run/user/1000/berth"),
             etc_dir: etc.path().to_path_buf(),
+            config_dir: etc.path().join("user"),
             home,
         };
         let files = MemFiles::new();

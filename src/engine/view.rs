@@ -94,6 +94,11 @@ fn one(
             _ => {}
         }
     }
+    if state == State::Off {
+        if let Some(why) = &svc.refused {
+            reason = Some(format!("refused: {why}"));
+        }
+    }
     let mut failure = (state == State::Failed).then_some(Failure::Unit);
     let on_demand_idle = svc.on_demand
         && choice == Choice::On
@@ -175,6 +180,6 @@ fn one(
         restarts,
         since: None,
         probe,
-        locked: false,
+        locked: f.catalog.policy.is_required(name),
     }
 }
