@@ -145,7 +145,13 @@ pub async fn run(w: Watch, layers: Arc<Notify>, config: Arc<Notify>) {
         else {
             continue;
         };
-        if now_layers != last_layers {
+        // A file written within a tick of the kernel's coarse clock after the last poll
+        // keeps its stamp: while a file is that fresh, the engine (which compares content)
+        // is asked to look again.
+        let fresh = now_layers
+            .iter()
+            .any(|(_, s)| s.is_some_and(|(t, _)| t.elapsed().is_ok_and(|age| age < 2 * w.poll)));
+        if now_layers != last_layers || fresh {
             debug!("a poll found the layers changed");
             last_layers = now_layers;
             layers.notify_one();

@@ -548,7 +548,8 @@ pub fn from_sources(
 }
 
 /// FNV-1a, 64 bit: stable across builds and platforms, unlike std's hasher.
-struct Fnv(u64);
+#[derive(Debug)]
+pub struct Fnv(pub u64);
 
 impl Default for Fnv {
     fn default() -> Self {
@@ -557,7 +558,7 @@ impl Default for Fnv {
 }
 
 impl Fnv {
-    fn write(&mut self, bytes: &[u8]) {
+    pub fn write(&mut self, bytes: &[u8]) {
         for b in bytes {
             self.0 ^= u64::from(*b);
             self.0 = self.0.wrapping_mul(0x0100_0000_01b3);

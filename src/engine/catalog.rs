@@ -12,7 +12,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -20,8 +19,10 @@ use tracing::{info, warn};
 use crate::catalog::{self, Catalog, CatalogError, Layer, LayerSources, Layers, Source};
 use crate::files::Files;
 
-/// The layer files' modification times and sizes, to notice a change on disk.
-pub(super) type Stamp = Vec<(PathBuf, Option<(SystemTime, u64)>)>;
+/// A hash of every layer file's path and content, to notice a change on disk. Content, not
+/// modification times: a file rewritten within one tick of the kernel's coarse clock keeps
+/// its mtime, and the layers are small (200 files read and hashed in about a millisecond).
+pub(super) type Stamp = Option<u64>;
 
 /// Where the layers are read from.
 #[derive(Debug, Clone)]
@@ -84,31 +85,26 @@ impl SourceCopy {
 fn read(places: &Places) -> (Result<LayerSources, CatalogError>, Stamp) {
     match Layers::with_user(&places.etc, &places.user) {
         Ok(layers) => {
-            let stamp = stamp(&layers);
-            (Ok(catalog::read_layers(&layers)), stamp)
+            let src = catalog::read_layers(&layers);
+            let stamp = stamp(&src);
+            (Ok(src), stamp)
         }
-        Err(e) => (Err(e), Vec::new()),
+        Err(e) => (Err(e), None),
     }
 }
 
-fn stamp(layers: &Layers) -> Stamp {
-    layers
-        .all_files()
-        .map(|p| {
-            let t = std::fs::metadata(p)
-                .and_then(|m| Ok((m.modified()?, m.len())))
-                .ok();
-            (p.clone(), t)
-        })
-        .collect()
-}
-
-/// The stamp of the layers as they are on disk now (blocking); `None` when the directories
-/// cannot be listed.
-pub(super) fn stamp_now(places: &Places) -> Option<Stamp> {
-    Layers::with_user(&places.etc, &places.user)
-        .ok()
-        .map(|l| stamp(&l))
+fn stamp(src: &LayerSources) -> Stamp {
+    let mut h = catalog::Fnv::default();
+    for s in src.policy.iter().chain(src.admin_files()) {
+        h.write(s.path.as_os_str().as_encoded_bytes());
+        h.write(&[0]);
+        h.write(s.text.as_bytes());
+        h.write(&[0]);
+    }
+    for d in &src.unreadable {
+        h.write(d.to_string().as_bytes());
+    }
+    Some(h.0)
 }
 
 /// Validates what was read; a file that could not be read fails it like a broken one.
@@ -141,7 +137,7 @@ impl CatalogState {
         let p = places.clone();
         let (read, stamp) = tokio::task::spawn_blocking(move || read(&p))
             .await
-            .unwrap_or_else(|_| (Ok(LayerSources::default()), Vec::new()));
+            .unwrap_or_else(|_| (Ok(LayerSources::default()), None));
         let mut st = CatalogState {
             current: Arc::new(Catalog::default()),
             error: None,
@@ -274,7 +270,7 @@ impl CatalogState {
         let p = self.places.clone();
         let (read, stamp) = tokio::task::spawn_blocking(move || read(&p))
             .await
-            .unwrap_or_else(|_| (Ok(LayerSources::default()), Vec::new()));
+            .unwrap_or_else(|_| (Ok(LayerSources::default()), None));
         self.stamp = stamp;
         let result = read.and_then(|src| validate(&src).map(|c| (c, src)));
         match result {
@@ -302,9 +298,12 @@ impl CatalogState {
     /// the blocking pool).
     pub async fn changed_on_disk(&self) -> bool {
         let places = self.places.clone();
-        let known = self.stamp.clone();
-        tokio::task::spawn_blocking(move || stamp_now(&places).is_some_and(|s| s != known))
-            .await
-            .unwrap_or(false)
+        let known = self.stamp;
+        tokio::task::spawn_blocking(move || {
+            let (_, now) = read(&places);
+            now.is_some() && now != known
+        })
+        .await
+        .unwrap_or(false)
     }
 }
