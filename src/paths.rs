@@ -38,6 +38,20 @@ fn env_path(name: &str) -> Option<PathBuf> {
         .filter(|p| p.is_absolute())
 }
 
+/// `$XDG_CONFIG_HOME/berth` (or `~/.config/berth`) alone, for commands without a session.
+pub fn user_config_dir() -> Option<PathBuf> {
+    env_path("XDG_CONFIG_HOME")
+        .or_else(|| env_path("HOME").map(|h| h.join(".config")))
+        .map(|c| c.join("berth"))
+}
+
+/// The user's state file alone (`$XDG_STATE_HOME/berth/state.toml`).
+pub fn state_file() -> Option<PathBuf> {
+    env_path("XDG_STATE_HOME")
+        .or_else(|| env_path("HOME").map(|h| h.join(".local/state")))
+        .map(|s| s.join("berth/state.toml"))
+}
+
 impl Paths {
     pub fn from_env() -> Result<Self, PathsError> {
         let home = env_path("HOME").ok_or(PathsError::Missing("HOME"))?;

@@ -8,10 +8,12 @@
 //! file, line and column. A catalog with any error is rejected whole, so the caller keeps
 //! running the last good one.
 
+pub mod diff;
 pub mod model;
 pub mod patch;
 pub mod policy;
 pub mod raw;
+pub mod show;
 pub mod validate;
 
 use std::collections::BTreeMap;

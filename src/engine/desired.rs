@@ -11,14 +11,7 @@ use crate::units::{self, RenderCtx};
 /// The user's choice as policy lets it stand: a denied or refused service is off, a required
 /// one on.
 pub(super) fn choice(catalog: &Catalog, state: &UserState, name: &str) -> Choice {
-    let policy = &catalog.policy;
-    if policy.is_denied(name) || catalog.get(name).is_some_and(|s| s.refused.is_some()) {
-        Choice::Off
-    } else if policy.is_required(name) {
-        Choice::On
-    } else {
-        state.choice(name, &policy.default_enabled)
-    }
+    crate::catalog::diff::effective_choice(catalog, state, name)
 }
 
 /// What the user asked for beyond their choices, consumed by the next pass.
