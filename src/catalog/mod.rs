@@ -98,16 +98,18 @@ pub struct Diagnostic {
 }
 
 impl Diagnostic {
+    /// At `loc`, or else at the service's own `name` line (`origin`): a problem of a
+    /// service that has no single place of its own still names a line.
     fn at(
         loc: Option<&validate::Loc>,
-        file: &Path,
+        origin: &Origin,
         field: impl Into<String>,
         message: String,
     ) -> Self {
         Diagnostic {
-            file: loc.map_or_else(|| file.to_path_buf(), |l| l.file.clone()),
-            line: loc.map_or(0, |l| l.line),
-            col: loc.map_or(0, |l| l.col),
+            file: loc.map_or_else(|| origin.file.clone(), |l| l.file.clone()),
+            line: loc.map_or(origin.line, |l| l.line),
+            col: loc.map_or(usize::from(origin.line > 0), |l| l.col),
             field: field.into(),
             message,
         }
@@ -527,7 +529,14 @@ pub fn from_sources(
     {
         if !services.contains_key(name) && diags.is_empty() {
             if let Some(src) = policy_src {
-                diags.push(src.diagnostic(None, field.into(), format!("unknown service {name:?}")));
+                let line = policy.rules.get(field).map_or(0, |l| l.line);
+                diags.push(Diagnostic {
+                    file: src.path.clone(),
+                    line,
+                    col: usize::from(line > 0),
+                    field: field.into(),
+                    message: format!("unknown service {name:?}"),
+                });
             }
         }
     }

@@ -666,3 +666,214 @@ fn a_users_entry_may_not_replace_a_required_service_and_is_held_to_the_image_rul
         "{why}"
     );
 }
+
+// ---- the parsers against random input -----------------------------------------------------
+
+mod property {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Slots of a catalog file, each one of: absent, good, or bad in some way (the first is
+    /// good). One choice
+    /// per slot keeps keys unique, so random files get past the TOML syntax into the checks
+    /// behind it (ports, images, references, patches, the policy's rules).
+    const SERVICE_SLOTS: &[&[&str]] = &[
+        &[
+            "name = \"web\"",
+            "name = \"web\"",
+            "name = \"Web!\"",
+            "name = \"other\"",
+            "",
+        ],
+        &["description = \"a page\"", "description = \"\"", ""],
+        &["", "patch = true", "patch = false"],
+        &["", "on_demand = true"],
+        &["", "uses = [\"web\"]", "uses = [\"nosuch\"]"],
+        &["", "gpu = \"optional\"", "gpu = \"maybe\""],
+        &["", "idle_stop = \"5m\"", "idle_stop = \"5x\""],
+        &[
+            "",
+            "secrets = [\"pw\"]",
+            "secrets = [\"pw\", \"pw\"]",
+            "secrets = [\"P W\"]",
+        ],
+        &["", "colour = \"red\""],
+        &["[[containers]]", "[[containers]]", ""],
+        &["name = \"app\"", "name = \"app\"", "name = \"-x\"", ""],
+        &[
+            "image = \"localhost/web:1\"",
+            "image = \"docker.io/x/y:latest\"",
+            "image = \"nope\"",
+            "image = \"registry.corp/a/b:2\"",
+            "",
+        ],
+        &[
+            "",
+            "memory = \"512m\"",
+            "memory = \"1k\"",
+            "memory = \"9g\"",
+        ],
+        &["", "cpus = 1.5", "cpus = -3", "cpus = \"two\"", "cpus = 4"],
+        &["", "shm_size = \"64m\"", "shm_size = \"1k\""],
+        &[
+            "",
+            "env = { A = \"${secret.pw}\" }",
+            "env = { B = \"${service.web.url}\" }",
+            "env = { \"1x\" = \"v\" }",
+            "env = { C = \"${secret.pw\" }",
+        ],
+        &["", "after = [\"app\"]", "after = [\"db\"]"],
+        &[
+            "",
+            "cap_add = [\"SYS_ADMIN\"]",
+            "cap_add = [\"CHOWN\"]\ncap_add_reason = \"x\"",
+            "cap_add = [\"CHOWN\"]",
+        ],
+        &["", "weight = 1"],
+        &["[[containers.ports]]", "[[containers.ports]]", ""],
+        &["name = \"http\"", ""],
+        &[
+            "host = 18081",
+            "host = 80",
+            "host = 99999",
+            "host = \"x\"",
+            "",
+        ],
+        &["container = 8080", ""],
+        &[
+            "",
+            "[[containers.volumes]]\nhost = \"/etc\"\ntarget = \"/data\"",
+            "[[containers.volumes]]\nname = \"d\"\ntarget = \"/data\"",
+            "[[containers.volumes]]\ntarget = \"rel\"",
+        ],
+        &[
+            "",
+            "[containers.health]\ncmd = \"true\"",
+            "[containers.health]\ncmd = \"\"\nretries = 0",
+        ],
+        &[
+            "",
+            "[[containers]]\nname = \"db\"\nimage = \"localhost/db:1\"",
+            "[[containers]]\nname = \"app\"\nimage = \"localhost/db:1\"",
+        ],
+        &[
+            "",
+            "[probe]\nport = \"http\"",
+            "[probe]\nport = \"nope\"\npath = \"x y\"",
+        ],
+        &["", "", "", "= broken", "[[", "name = [1, 2"],
+    ];
+
+    const POLICY_SLOTS: &[&[&str]] = &[
+        &[
+            "",
+            "allowed_host_paths = [\"/shared\"]",
+            "allowed_host_paths = [\"/\"]",
+        ],
+        &["", "port_min = 2000", "port_min = 100"],
+        &["", "port_max = 30000", "port_max = 1500"],
+        &[
+            "",
+            "denied_services = [\"web\"]",
+            "denied_services = [\"nosuch\"]",
+        ],
+        &[
+            "",
+            "default_enabled = [\"web\"]",
+            "default_enabled = [\"nosuch\"]",
+        ],
+        &[
+            "",
+            "required_services = [\"web\"]",
+            "required_services = [\"Nope\"]",
+            "required_services = [\"nosuch\"]",
+        ],
+        &["", "on_demand = [\"web\"]", "on_demand = [\"nosuch\"]"],
+        &[
+            "",
+            "allowed_images = [\"localhost/*\"]",
+            "allowed_images = []",
+            "allowed_images = [\"registry.corp/*\"]",
+        ],
+        &["", "user_catalogs = true", "user_catalogs = 1"],
+        &["", "bogus = 1"],
+        &[
+            "",
+            "[limits]\ncontainer_memory = \"1g\"\ncontainer_cpus = 0.5",
+            "[limits]\ncontainer_memory = \"1\"",
+            "[limits]\nuser_memory = \"2g\"\nuser_cpus = 1",
+            "[limits]\nuser_cpus = 100000",
+        ],
+        &["", "", "[[x"],
+    ];
+
+    pub fn file(slots: &'static [&'static [&'static str]]) -> impl Strategy<Value = String> {
+        // Mostly the first (good) choice: a file with one or two problems reaches more
+        // checks than one with twenty.
+        let picks: Vec<_> = slots
+            .iter()
+            .map(|alts| prop_oneof![6 => Just(alts[0]), 1 => proptest::sample::select(*alts)])
+            .collect();
+        prop_oneof![
+            8 => picks.prop_map(|l| l.join("\n")),
+            1 => "\\PC{0,200}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 800, ..ProptestConfig::default() })]
+
+        /// No input panics, and every rejection names a line of a file it read.
+        #[test]
+        fn any_catalog_and_policy_is_accepted_or_rejected_with_lines(
+            svc in file(SERVICE_SLOTS),
+            policy in file(POLICY_SLOTS),
+            user in file(SERVICE_SLOTS),
+        ) {
+            let policy = Source::new("/etc/berth/policy.toml", policy);
+            let files = [
+                Source::new("<built-in>/web.toml", GOOD),
+                Source::new("/etc/berth/catalog.d/web.toml", svc),
+                Source::new("/home/u/.config/berth/catalog.d/web.toml", user).in_layer(Layer::User),
+            ];
+            if let Err(e) = from_sources(Some(&policy), &files) {
+                let d = e.diagnostics();
+                prop_assert!(!d.is_empty(), "a rejection says why");
+                for d in d {
+                    prop_assert!(d.line > 0, "no line: {d}");
+                    prop_assert!(
+                        d.file == policy.path || files.iter().any(|f| f.path == d.file),
+                        "names a file it read: {d}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The generator reaches past the syntax: some files pass, many fail in their fields.
+    #[test]
+    fn the_generator_reaches_the_checks_behind_the_syntax() {
+        use proptest::strategy::ValueTree;
+        let mut r = proptest::test_runner::TestRunner::deterministic();
+        let (mut ok, mut deep) = (0, 0);
+        for _ in 0..400 {
+            let s = file(SERVICE_SLOTS)
+                .new_tree(&mut r)
+                .expect("tree")
+                .current();
+            let p = file(POLICY_SLOTS).new_tree(&mut r).expect("tree").current();
+            match from_sources(
+                Some(&Source::new("/etc/berth/policy.toml", p)),
+                &[Source::new("/etc/berth/catalog.d/web.toml", s)],
+            ) {
+                Ok(_) => ok += 1,
+                Err(e) if e.diagnostics().iter().any(|d| !d.field.is_empty()) => deep += 1,
+                Err(_) => {}
+            }
+        }
+        assert!(
+            ok >= 5 && deep >= 100,
+            "accepted {ok}, rejected in a field {deep}"
+        );
+    }
+}

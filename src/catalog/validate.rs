@@ -953,7 +953,7 @@ pub fn across(
                     .unwrap_or_default();
                 diags.push(Diagnostic::at(
                     loc.as_ref(),
-                    &services[name].origin.file,
+                    &services[name].origin,
                     format!("ports.{pname}.host"),
                     format!(
                         "port {port} is already taken by service {other:?} port {opname:?}{at}"
@@ -967,7 +967,7 @@ pub fn across(
             if !services.contains_key(u) {
                 diags.push(Diagnostic::at(
                     loc.as_ref(),
-                    &services[name].origin.file,
+                    &services[name].origin,
                     "uses",
                     format!("unknown service {u:?}"),
                 ));
@@ -982,7 +982,7 @@ pub fn across(
             .and_then(|u| u.1.clone());
         diags.push(Diagnostic::at(
             loc.as_ref(),
-            &first.origin.file,
+            &first.origin,
             "uses",
             format!("services use each other in a cycle: {}", cycle.join(" → ")),
         ));
@@ -1010,7 +1010,7 @@ pub fn resolve_service_refs(services: &mut BTreeMap<String, Service>, diags: &mu
         })
         .collect();
     for svc in services.values_mut() {
-        let (name, file, uses) = (svc.name.clone(), svc.origin.file.clone(), svc.uses.clone());
+        let (name, file, uses) = (svc.name.clone(), svc.origin.clone(), svc.uses.clone());
         for (ci, ctr) in svc.containers.iter_mut().enumerate() {
             for (key, value) in ctr.env.iter_mut() {
                 let mut out = String::new();
