@@ -26,6 +26,8 @@ struct RawConfig {
 struct RawReload {
     /// How often the catalog layers, the policy and config.toml are polled (besides inotify).
     poll_interval: Option<Spanned<String>>,
+    /// Use inotify besides polling (default true); false polls only.
+    inotify: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,6 +94,8 @@ pub struct Config {
     pub web: WebConfig,
     /// How often the watched files are polled: what sees changes on network filesystems.
     pub poll_interval: Duration,
+    /// Whether inotify is used besides polling.
+    pub inotify: bool,
 }
 
 /// The default poll of the watched files.
@@ -111,6 +115,7 @@ impl Default for Config {
                 listen: SocketAddr::from(([127, 0, 0, 1], 7380)),
             },
             poll_interval: DEFAULT_POLL,
+            inotify: true,
         }
     }
 }
@@ -232,6 +237,7 @@ impl Config {
             }
         }
         if let Some(r) = raw.reload {
+            cfg.inotify = r.inotify.unwrap_or(true);
             if let Some(p) = &r.poll_interval {
                 match parse_duration(p.get_ref()) {
                     Ok(d) if d >= Duration::from_millis(100) && d <= Duration::from_secs(3600) => {
@@ -305,6 +311,15 @@ mod tests {
         assert!(e.to_string().contains(":2:7: push.url"), "{e}");
         let e = parse("[metric]\n").expect_err("unknown");
         assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn reload_settings() {
+        let c = parse("[reload]\npoll_interval = \"500ms\"\ninotify = false\n").expect("valid");
+        assert_eq!(c.poll_interval, Duration::from_millis(500));
+        assert!(!c.inotify);
+        let e = parse("[reload]\npoll_interval = \"1ms\"\n").expect_err("too fast");
+        assert!(e.to_string().contains(":2:17: reload.poll_interval"), "{e}");
     }
 
     #[test]

@@ -296,6 +296,7 @@ where
             layer_files: vec![paths.etc().join("policy.toml")],
             config: Some(paths.etc().join("config.toml")),
             poll: config.poll_interval,
+            inotify: config.inotify,
         },
         handle.layers_changed_notify(),
         config_changed.clone(),

@@ -31,6 +31,8 @@ pub struct Watch {
     /// `/etc/berth/config.toml`.
     pub config: Option<PathBuf>,
     pub poll: Duration,
+    /// Use inotify besides polling (config.toml `[reload] inotify`).
+    pub inotify: bool,
 }
 
 type Stamp = Vec<(PathBuf, Option<(SystemTime, u64)>)>;
@@ -96,12 +98,16 @@ pub async fn run(w: Watch, layers: Arc<Notify>, config: Arc<Notify>) {
             Err(err) => debug!(%err, "file watch error"),
         }
     };
-    let mut watcher = match ::notify::recommended_watcher(handler) {
-        Ok(x) => Some(x),
-        Err(err) => {
-            warn!(%err, "cannot watch files with inotify ({err}); polling only");
-            None
+    let mut watcher = if w.inotify {
+        match ::notify::recommended_watcher(handler) {
+            Ok(x) => Some(x),
+            Err(err) => {
+                warn!(%err, "cannot watch files with inotify ({err}); polling only");
+                None
+            }
         }
+    } else {
+        None
     };
     // Directories watched so far: a directory made later is added at the next poll.
     let mut watched: Vec<PathBuf> = Vec::new();
@@ -125,7 +131,7 @@ pub async fn run(w: Watch, layers: Arc<Notify>, config: Arc<Notify>) {
     };
     let mut tick = tokio::time::interval(w.poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    info!(poll = ?w.poll, "watching the catalog layers, the policy and config.toml");
+    info!(poll = ?w.poll, inotify = watcher.is_some(), "watching the catalog layers, the policy and config.toml");
     loop {
         if let Some(watcher) = watcher.as_mut() {
             use ::notify::Watcher as _;
@@ -173,6 +179,7 @@ mod tests {
             layer_files: vec![dir.join("policy.toml")],
             config: Some(dir.join("config.toml")),
             poll: Duration::from_millis(50),
+            inotify: true,
         }
     }
 
