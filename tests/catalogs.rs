@@ -120,6 +120,25 @@ fn admin_folder_changes_apply_live_and_only_the_changed_service_restarts() {
         Some(a_started.as_str()),
         "a was not restarted"
     );
+    // The service's own restart, measured the same way: what berth adds is the difference.
+    let before = started_at("it-cat-b").expect("b runs");
+    let asked = Instant::now();
+    systemctl(&["restart", "berth-it-cat-b.service"]);
+    let own = wait_for(Duration::from_secs(15), || {
+        started_at("it-cat-b")
+            .filter(|s| *s != before)
+            .map(|_| asked.elapsed())
+    })
+    .expect("b restarted by systemctl");
+    println!(
+        "the service's own restart (systemctl --user restart): {} ms; berth added {} ms",
+        own.as_millis(),
+        restarted.as_millis().saturating_sub(own.as_millis())
+    );
+    assert!(
+        restarted < own + Duration::from_secs(1),
+        "in force within 1 s of the write plus the service's own restart: {restarted:?} vs {own:?}"
+    );
 
     // Added: c appears, off, with no command.
     w.catalog_file("it-cat-c.toml", &svc("it-cat-c", 18233, "one"));

@@ -877,3 +877,19 @@ mod property {
         );
     }
 }
+
+#[test]
+fn the_example_policy_validates_against_the_built_in_catalog() {
+    let policy = Source::new(
+        "config/policy.example.toml",
+        include_str!("../../config/policy.example.toml"),
+    );
+    let c = from_sources(Some(&policy), &builtin_sources()).expect("the example is valid");
+    assert!(c.policy.is_required("demo"));
+    assert!(c.get("openproject").expect("built-in").on_demand);
+    assert!(c.get("gitlab-ce").expect("built-in").refused.is_some());
+    assert!(c.services.values().all(|s| s
+        .containers
+        .iter()
+        .all(|k| k.memory.is_some_and(|m| m <= 8 << 30))));
+}
