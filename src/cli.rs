@@ -312,6 +312,9 @@ pub async fn run(cli: Cli) -> Result<()> {
                         println!("in force meanwhile: {f}");
                     }
                 }
+                if let Some(e) = &i.config_error {
+                    println!("config error: {e} (the settings it started with stay)");
+                }
                 let c = &i.counters;
                 println!(
                     "passes {}, systemd writes {}, podman writes {}, file writes {}",
@@ -570,6 +573,9 @@ fn warn_about(info: &DaemonInfo) {
             .as_deref()
             .unwrap_or("the catalog in force before");
         eprintln!("warning: {e}\nin force meanwhile: {in_force}\n");
+    }
+    if let Some(e) = &info.config_error {
+        eprintln!("warning: {e}\nthe daemon keeps the settings it started with\n");
     }
     if let Some(e) = &info.podman_error {
         eprintln!("warning: {e}; services keep running, container details may be old\n");

@@ -217,6 +217,26 @@ mod tests {
         task.abort();
     }
 
+    #[tokio::test]
+    async fn polling_alone_sees_a_rewrite_of_the_same_size() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("catalog.d")).expect("mkdir");
+        std::fs::write(dir.path().join("catalog.d/a.toml"), "one").expect("write");
+        let (layers, config) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let mut w = watch(dir.path());
+        w.inotify = false;
+        let task = tokio::spawn(run(w, layers.clone(), config.clone()));
+        // Once the file is no longer fresh (two polls old), polls are quiet.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let _stored_permit =
+            tokio::time::timeout(Duration::from_millis(10), layers.notified()).await;
+        let quiet = tokio::time::timeout(Duration::from_millis(200), layers.notified()).await;
+        assert!(quiet.is_err(), "no change, no bell");
+        std::fs::write(dir.path().join("catalog.d/a.toml"), "two").expect("write");
+        assert!(rung(&layers).await, "a poll sees the rewrite");
+        task.abort();
+    }
+
     #[test]
     fn reads_ring_nothing() {
         use ::notify::event::{AccessKind, AccessMode, EventKind};
