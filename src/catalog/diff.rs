@@ -86,6 +86,29 @@ fn what_changed(a: &Service, b: &Service) -> Vec<String> {
     if ap != bp {
         out.push(format!("stable ports {ap:?} → {bp:?}"));
     }
+    let limits = |s: &Service| -> Vec<String> {
+        s.containers
+            .iter()
+            .map(|c| {
+                format!(
+                    "{}: memory {}, cpus {}",
+                    c.name,
+                    c.memory.map_or("none".into(), super::policy::human_size),
+                    c.cpus.map_or("none".into(), |n| n.to_string())
+                )
+            })
+            .collect()
+    };
+    let (al, bl) = (limits(a), limits(b));
+    if al != bl {
+        let changed: Vec<String> = al
+            .iter()
+            .zip(&bl)
+            .filter(|(x, y)| x != y)
+            .map(|(x, y)| format!("{x} → {}", y.split_once(": ").map_or(y.as_str(), |p| p.1)))
+            .collect();
+        out.push(format!("limits {}", changed.join("; ")));
+    }
     if a.on_demand != b.on_demand {
         out.push(format!("on_demand {} → {}", a.on_demand, b.on_demand));
     }
