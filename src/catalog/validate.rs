@@ -895,7 +895,7 @@ fn memory_size(cx: &mut Ctx<'_>, v: &Spanned<String>, field: &str) -> Option<u64
 
 fn cpu_count(cx: &mut Ctx<'_>, v: &Spanned<f64>, field: &str) -> Option<f64> {
     let n = *v.get_ref();
-    if n.is_finite() && n >= 0.01 && n <= 1024.0 {
+    if (0.01..=1024.0).contains(&n) {
         Some(n)
     } else {
         cx.err(span_of(v), field, "must be a number of CPUs in 0.01..=1024");
