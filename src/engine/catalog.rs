@@ -258,6 +258,14 @@ impl CatalogState {
                 warn!(path = %self.last_good.display(), %err, "cannot keep a copy of the good catalog");
             }
         }
+        for note in &c.ignored {
+            info!("user catalog file left out by policy: {note}");
+        }
+        for s in c.services.values() {
+            if let Some(why) = &s.refused {
+                info!(service = %s.name, "{} is refused: {why}", s.name);
+            }
+        }
         self.current = Arc::new(c);
         self.error = None;
         self.in_force = None;
