@@ -394,3 +394,55 @@ fn a_broken_config_change_is_reported_and_a_valid_one_restarts_the_daemon() {
         "{log}"
     );
 }
+
+#[test]
+fn resource_ceilings_reach_the_unit_and_the_container_runs() {
+    let Some(_serial) = session("ceilings") else {
+        return;
+    };
+    let mut w = World::new(&["it-cat-lim"]);
+    w.catalog_file(
+        "it-cat-lim.toml",
+        &svc("it-cat-lim", 18239, "one")
+            .replace("init = true", "init = true\nmemory = \"512m\"\ncpus = 1.5"),
+    );
+    policy(
+        &w,
+        "[limits]\ncontainer_memory = \"128m\"\ncontainer_cpus = 0.5\n",
+    );
+    w.start_daemon();
+    w.ok(&["enable", "it-cat-lim", "--settle", "0"]);
+    assert_page(18239);
+    let unit = unit_file("berth-it-cat-lim.service");
+    let text_of = std::fs::read_to_string(&unit).expect("unit");
+    for want in [
+        " --memory=128m ",
+        " --cpus=0.5 ",
+        "\nMemoryMax=134217728\n",
+        "\nCPUQuota=50%\n",
+    ] {
+        assert!(
+            text_of.contains(want),
+            "clamped to the ceiling ({want:?}):\n{text_of}"
+        );
+    }
+    let o = run(
+        "systemd-analyze",
+        &["--user", "verify", "--man=no", path_str(&unit)],
+    );
+    assert!(o.status.success() && o.stderr.is_empty(), "{}", text(&o));
+    let origin = w.ok(&["catalog", "show", "it-cat-lim", "--origin"]);
+    assert!(
+        origin.contains("containers.web.memory          set by the policy, "),
+        "{origin}"
+    );
+    // Podman applies the limit where rootless cgroups allow it (cgroup v2); on cgroup v1
+    // it runs the container without it and says so.
+    let memory = inspect("berth-it-cat-lim", "{{.HostConfig.Memory}}").unwrap_or_default();
+    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    if v2 {
+        assert_eq!(memory, "134217728", "the container's own limit");
+    } else {
+        println!("cgroup v1: Podman reports HostConfig.Memory = {memory} (rootless limits are not applied here)");
+    }
+}
