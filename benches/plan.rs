@@ -313,19 +313,6 @@ struct Row {
     goal: Option<Duration>,
 }
 
-/// Runs `f` `warmup` times untimed, then up to `iters` times (stopping early once `budget` is
-/// spent, after at least 20 runs), timing each run.
-fn measure<T>(
-    what: &'static str,
-    goal: Option<Duration>,
-    warmup: usize,
-    iters: usize,
-    budget: Duration,
-    f: impl FnMut() -> T,
-) -> Row {
-    measure_with(what, goal, warmup, iters, budget, f)
-}
-
 /// [`measure`] in this thread's CPU time.
 fn measure_cpu<T>(
     what: &'static str,
@@ -368,7 +355,9 @@ fn row(what: &'static str, goal: Option<Duration>, mut times: Vec<Duration>) -> 
     }
 }
 
-fn measure_with<T>(
+/// Runs `f` `warmup` times untimed, then up to `iters` times (stopping early once `budget` is
+/// spent, after at least 20 runs), timing each run.
+fn measure<T>(
     what: &'static str,
     goal: Option<Duration>,
     warmup: usize,
