@@ -36,7 +36,7 @@ fn cpu_now() -> Duration {
 }
 
 /// A policy that every rule of which applies to the generated catalog.
-const POLICY: &str = "allowed_images = [\"docker.io/*\", \"ghcr.io/*\", \"quay.io/*\", \"localhost/*\", \"registry.example/*\"]\n\
+const POLICY: &str = "allowed_host_paths = [\"/shared\"]\nallowed_images = [\"docker.io/*\", \"ghcr.io/*\", \"quay.io/*\", \"localhost/*\", \"registry.example/*\"]\n\
 required_services = [\"svc-001\"]\ndefault_enabled = [\"svc-002\"]\non_demand = [\"svc-004\"]\n\
 [limits]\ncontainer_memory = \"2g\"\ncontainer_cpus = 2\n";
 
