@@ -69,11 +69,12 @@ inner() {
     bench_daemon_init "$1"
     local rounds=${BERTH_BENCH_ROUNDS:-10} i
     podman image exists "$IMAGE" || die "image $IMAGE is missing (scripts/test-env builds it)"
-    local unit_dir=${XDG_DATA_HOME:-$HOME/.local/share}/systemd/user
-    local work=$bench_work
-    local first
+    # Globals: the EXIT trap's cleanup runs after this function has returned.
+    unit_dir=${XDG_DATA_HOME:-$HOME/.local/share}/systemd/user
+    work=$bench_work
     first=$(svc_name 1)
-    local unit=berth-$first.service ctr=berth-$first
+    unit=berth-$first.service
+    ctr=berth-$first
 
     cleanup() {
         local rc=$?

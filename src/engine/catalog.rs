@@ -279,6 +279,16 @@ impl CatalogState {
         let (read, stamp) = tokio::task::spawn_blocking(move || read(&p))
             .await
             .unwrap_or_else(|_| (Ok(LayerSources::default()), None));
+        self.apply_read(files, read, stamp, now).await
+    }
+
+    async fn apply_read(
+        &mut self,
+        files: &impl Files,
+        read: Result<LayerSources, CatalogError>,
+        stamp: Stamp,
+        now: u64,
+    ) -> Result<usize, String> {
         self.stamp = stamp;
         let result = read.and_then(|src| validate(&src).map(|c| (c, src)));
         match result {
@@ -302,16 +312,21 @@ impl CatalogState {
         }
     }
 
-    /// Whether a layer file changed on disk since the last read (blocking metadata reads on
-    /// the blocking pool).
-    pub async fn changed_on_disk(&self) -> bool {
-        let places = self.places.clone();
-        let known = self.stamp;
-        tokio::task::spawn_blocking(move || {
-            let (_, now) = read(&places);
-            now.is_some() && now != known
-        })
-        .await
-        .unwrap_or(false)
+    /// Reads the layers and reloads only if they differ from what was read last (one read:
+    /// what a watcher's bell costs when nothing changed is reading and hashing the files).
+    /// `None` when nothing changed.
+    pub async fn reload_if_changed(
+        &mut self,
+        files: &impl Files,
+        now: u64,
+    ) -> Option<Result<usize, String>> {
+        let p = self.places.clone();
+        let (read, stamp) = tokio::task::spawn_blocking(move || read(&p))
+            .await
+            .unwrap_or_else(|_| (Ok(LayerSources::default()), None));
+        if stamp.is_some() && stamp == self.stamp {
+            return None;
+        }
+        Some(self.apply_read(files, read, stamp, now).await)
     }
 }

@@ -59,6 +59,10 @@ where
     async fn reload_catalog(&mut self) -> Result<usize, super::EngineError> {
         let now = self.now();
         let r = self.catalog.reload(&self.edges.files, now).await;
+        self.reloaded(r)
+    }
+
+    fn reloaded(&self, r: Result<usize, String>) -> Result<usize, super::EngineError> {
         match &r {
             Ok(n) => {
                 info!(services = n, "catalog reloaded: {n} services");
@@ -124,10 +128,11 @@ where
                 }
                 Wake::LayersSettled => {
                     layers_since = None;
-                    if self.catalog.changed_on_disk().await {
+                    let now = self.now();
+                    if let Some(r) = self.catalog.reload_if_changed(&self.edges.files, now).await {
                         // A rejected change is logged and on display (`berth ls`, /metrics,
                         // the push report); the pass shows it and changes nothing else.
-                        let _kept_last_good = self.reload_catalog().await;
+                        let _kept_last_good = self.reloaded(r);
                         self.pass_and_refresh().await;
                     }
                 }
@@ -147,9 +152,10 @@ where
                 }
                 Wake::ProbeTick => self.start_probes(),
                 Wake::SafetyTick => {
-                    if self.catalog.changed_on_disk().await {
+                    let now = self.now();
+                    if let Some(r) = self.catalog.reload_if_changed(&self.edges.files, now).await {
                         // Rejected changes are logged and on display; the pass runs anyway.
-                        let _kept_last_good = self.reload_catalog().await;
+                        let _kept_last_good = self.reloaded(r);
                     }
                     self.pass_and_refresh().await;
                 }
