@@ -49,8 +49,8 @@ pub struct ApiState<P> {
 fn status_of(e: &EngineError) -> (StatusCode, ErrorCode) {
     match e {
         EngineError::UnknownService(_) => (StatusCode::NOT_FOUND, ErrorCode::UnknownService),
-        EngineError::Denied(_) => (StatusCode::FORBIDDEN, ErrorCode::Denied),
-        EngineError::Required(_) => (StatusCode::FORBIDDEN, ErrorCode::Required),
+        EngineError::Refused { .. } => (StatusCode::FORBIDDEN, ErrorCode::Denied),
+        EngineError::Required { .. } => (StatusCode::FORBIDDEN, ErrorCode::Required),
         EngineError::NotEnabled(_) => (StatusCode::CONFLICT, ErrorCode::NotEnabled),
         EngineError::Catalog(_) => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::Catalog),
         EngineError::State(_) | EngineError::Gather(_) => {

@@ -202,6 +202,29 @@ pub enum CatalogCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Show the catalog as this user gets it: every service and the layer it came from.
+    Show {
+        /// Only this service.
+        name: Option<String>,
+        /// Where every service and field came from: layer and file:line, patches, the
+        /// policy's rules.
+        #[arg(long)]
+        origin: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// What candidate catalog files or a candidate policy would change on this VM (services
+    /// added, removed, restarted, stopped), without changing anything.
+    Diff {
+        /// A candidate policy.toml, in place of /etc/berth/policy.toml.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// Candidate catalog files: each replaces the admin file of the same name (or is added
+        /// to the admin layer).
+        paths: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Asks the daemon for a consumer's relays, again while it is not there yet (berth and the
@@ -388,6 +411,9 @@ pub async fn run(cli: Cli) -> Result<()> {
                         println!("remote catalog error: {e}");
                     }
                 }
+                if let Some(e) = &i.config_error {
+                    println!("config error: {e} (the settings it started with stay)");
+                }
                 let c = &i.counters;
                 println!(
                     "passes {}, systemd writes {}, podman writes {}, file writes {}",
@@ -428,6 +454,17 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Catalog {
+            command: CatalogCmd::Show { name, origin, json },
+        } => show(name.as_deref(), origin, json),
+        Cmd::Catalog {
+            command:
+                CatalogCmd::Diff {
+                    policy,
+                    paths,
+                    json,
+                },
+        } => diff(policy.as_deref(), &paths, json).await,
         Cmd::Setup(args) => crate::setup::cli::run(args),
         Cmd::NetnsSockets => crate::proxy::netns::serve_helper().context("netns-sockets helper"),
         Cmd::RelaysReady { name, socket, wait } => {
@@ -703,6 +740,9 @@ fn warn_about(info: &DaemonInfo) {
             .unwrap_or("the catalog in force before");
         eprintln!("warning: {e}\nin force meanwhile: {in_force}\n");
     }
+    if let Some(e) = &info.config_error {
+        eprintln!("warning: {e}\nthe daemon keeps the settings it started with\n");
+    }
     if let Some(e) = &info.podman_error {
         eprintln!("warning: {e}; services keep running, container details may be old\n");
     }
@@ -899,7 +939,7 @@ async fn restore(name: &str, from: Option<&Path>, no_start: bool) -> Result<()> 
 }
 
 fn render(out: &Path, names: &[String]) -> Result<()> {
-    let layers = Layers::standard(&etc_dir())?;
+    let layers = user_layers()?;
     let cat = catalog::load(&layers)?;
     for n in names {
         if cat.get(n).is_none() {
@@ -930,6 +970,8 @@ fn validate(paths: &[PathBuf], alone: bool) -> Result<()> {
             builtin: false,
             policy: None,
             files: Vec::new(),
+            remote: Vec::new(),
+            user: Vec::new(),
         }
     } else {
         Layers::standard(&etc_dir())?
@@ -966,6 +1008,8 @@ fn validate_remote(paths: &[PathBuf], alone: bool) -> Result<()> {
             builtin: false,
             policy: None,
             files: Vec::new(),
+            remote: Vec::new(),
+            user: Vec::new(),
         }
     } else {
         Layers::standard(&etc_dir())?
@@ -989,6 +1033,70 @@ fn validate_remote(paths: &[PathBuf], alone: bool) -> Result<()> {
     );
     if header.expiry <= now_unix() {
         bail!("it has expired already: berth would refuse it");
+    }
+    Ok(())
+}
+
+/// The layers as the daemon reads them for this user (built-in, admin, the user's own).
+fn user_layers() -> Result<Layers> {
+    Ok(match crate::paths::user_config_dir() {
+        Some(dir) => Layers::with_user(&etc_dir(), &dir)?,
+        None => Layers::standard(&etc_dir())?,
+    })
+}
+
+fn show(name: Option<&str>, origin: bool, json: bool) -> Result<()> {
+    let cat = catalog::load(&user_layers()?)?;
+    if let Some(n) = name {
+        if cat.get(n).is_none() {
+            bail!("unknown service {n:?} (see `berth catalog show`)");
+        }
+    }
+    let services: Vec<&catalog::Service> = cat
+        .services
+        .values()
+        .filter(|s| name.is_none_or(|n| n == s.name))
+        .collect();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "serial": cat.serial,
+                "services": services,
+                "ignored": cat.ignored,
+            }))?
+        );
+        return Ok(());
+    }
+    print!("{}", catalog::show::text(&cat, &services, origin));
+    Ok(())
+}
+
+async fn diff(policy: Option<&Path>, paths: &[PathBuf], json: bool) -> Result<()> {
+    let now = user_layers()?;
+    let old = catalog::load(&now).context("the catalog in force on this VM does not validate")?;
+    let mut cand = now.clone();
+    cand.files.retain(|f| {
+        !paths
+            .iter()
+            .any(|p| same_file(p, f) || p.file_name() == f.file_name())
+    });
+    cand.files.extend(paths.iter().cloned());
+    cand.files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+    if let Some(p) = policy {
+        cand.policy = Some(p.to_path_buf());
+    }
+    let new = catalog::load(&cand)?;
+    let state = match crate::paths::state_file() {
+        Some(p) => crate::state::UserState::load(&crate::files::DiskFiles, &p).await?,
+        None => crate::state::UserState::default(),
+    };
+    let ctx = crate::daemon::detect_render_ctx();
+    let d = catalog::diff::diff(&old, &new, &state, &ctx);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&d)?);
+    } else {
+        print!("{d}");
     }
     Ok(())
 }

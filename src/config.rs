@@ -20,6 +20,7 @@ struct RawConfig {
     web: Option<RawWeb>,
     backup: Option<RawBackupConfig>,
     remote_catalog: Option<RawRemoteCatalog>,
+    reload: Option<RawReload>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -35,6 +36,15 @@ struct RawRemoteCatalog {
     public_keys: Spanned<Vec<Spanned<String>>>,
     poll_interval: Option<Spanned<String>>,
     ca_file: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReload {
+    /// How often the catalog layers, the policy and config.toml are polled (besides inotify).
+    poll_interval: Option<Spanned<String>>,
+    /// Use inotify besides polling (default true); false polls only.
+    inotify: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,7 +131,14 @@ pub struct Config {
     /// folder on /shared, else a local one (see `backup`).
     pub backup_dir: Option<PathBuf>,
     pub remote_catalog: Option<RemoteCatalogConfig>,
+    /// How often the watched files are polled: what sees changes on network filesystems.
+    pub poll_interval: Duration,
+    /// Whether inotify is used besides polling.
+    pub inotify: bool,
 }
+
+/// The default poll of the watched files.
+pub const DEFAULT_POLL: Duration = Duration::from_secs(2);
 
 impl Default for Config {
     fn default() -> Self {
@@ -138,6 +155,8 @@ impl Default for Config {
             },
             backup_dir: None,
             remote_catalog: None,
+            poll_interval: DEFAULT_POLL,
+            inotify: true,
         }
     }
 }
@@ -272,6 +291,24 @@ impl Config {
         }
         if let Some(r) = raw.remote_catalog {
             cfg.remote_catalog = remote_catalog(src, r, &mut diags);
+        }
+        if let Some(r) = raw.reload {
+            cfg.inotify = r.inotify.unwrap_or(true);
+            if let Some(p) = &r.poll_interval {
+                match parse_duration(p.get_ref()) {
+                    Ok(d) if d >= Duration::from_millis(100) && d <= Duration::from_secs(3600) => {
+                        cfg.poll_interval = d
+                    }
+                    Ok(_) => diags.push(src.diagnostic(
+                        Some(p.span()),
+                        "reload.poll_interval".into(),
+                        "must be in 100ms..=1h".into(),
+                    )),
+                    Err(e) => {
+                        diags.push(src.diagnostic(Some(p.span()), "reload.poll_interval".into(), e))
+                    }
+                }
+            }
         }
         if diags.is_empty() {
             Ok(cfg)
@@ -462,6 +499,15 @@ mod tests {
             e.to_string().contains(":4:1: unknown field `signature`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn reload_settings() {
+        let c = parse("[reload]\npoll_interval = \"500ms\"\ninotify = false\n").expect("valid");
+        assert_eq!(c.poll_interval, Duration::from_millis(500));
+        assert!(!c.inotify);
+        let e = parse("[reload]\npoll_interval = \"1ms\"\n").expect_err("too fast");
+        assert!(e.to_string().contains(":2:17: reload.poll_interval"), "{e}");
     }
 
     #[test]

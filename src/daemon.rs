@@ -46,6 +46,11 @@ pub enum DaemonError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Metrics(#[from] metrics::MetricsError),
+    /// config.toml changed and validates: the daemon ends so that systemd starts it again
+    /// with the new settings (`Restart=on-failure`); services keep running, stable ports wait
+    /// in systemd's fd store.
+    #[error("{} changed: berth exits to start again with it (services keep running)", .0.display())]
+    ConfigChanged(std::path::PathBuf),
     #[error("another berth daemon already manages this user's units (lock {} is held)", .0.display())]
     Locked(std::path::PathBuf),
     #[error("cannot take the daemon lock {}", path.display())]
@@ -351,6 +356,54 @@ where
         tasks.spawn(proxy_run);
         None
     };
+    // The admin's and the user's files, live: a change of a layer or the policy goes to the
+    // engine; a change of config.toml is checked here.
+    let config_changed = Arc::new(tokio::sync::Notify::new());
+    tasks.spawn(crate::watch::run(
+        crate::watch::Watch {
+            layer_dirs: vec![
+                paths.etc().join("catalog.d"),
+                paths.user_catalog().join("catalog.d"),
+            ],
+            layer_files: vec![paths.etc().join("policy.toml")],
+            config: Some(paths.etc().join("config.toml")),
+            poll: config.poll_interval,
+            inotify: config.inotify,
+        },
+        handle.layers_changed_notify(),
+        config_changed.clone(),
+    ));
+    let restart = Arc::new(tokio::sync::Notify::new());
+    {
+        let (handle, restart, path) = (
+            handle.clone(),
+            restart.clone(),
+            paths.etc().join("config.toml"),
+        );
+        let running = config.clone();
+        tasks.spawn(async move {
+            loop {
+                config_changed.notified().await;
+                let p = path.clone();
+                let loaded = tokio::task::spawn_blocking(move || Config::load(&p)).await;
+                let Ok(loaded) = loaded else { continue };
+                match loaded {
+                    Ok(c) if c == running => handle.set_config_error(None).await,
+                    Ok(_) => {
+                        info!(path = %path.display(), "config.toml changed and validates: restarting to apply it");
+                        handle.set_config_error(None).await;
+                        restart.notify_one();
+                        return;
+                    }
+                    Err(e) => {
+                        let msg = engine::full_message(&e);
+                        warn!(err = %msg, "config.toml change rejected, the settings in force stay: {msg}");
+                        handle.set_config_error(Some(msg)).await;
+                    }
+                }
+            }
+        });
+    }
     let changed = handle.units_changed_notify();
     tasks.spawn(async move {
         if let Err(err) = systemd.watch_units(changed).await {
@@ -467,10 +520,17 @@ where
         });
     }
     let mut api_stop = stopping.clone();
-    let served = api::serve(listeners.api, state, async move {
-        tokio::select! {
-            () = shutdown => {}
-            _ = api_stop.wait_for(|s| *s) => {}
+    let restarting = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let served = api::serve(listeners.api, state, {
+        let restarting = restarting.clone();
+        async move {
+            tokio::select! {
+                () = shutdown => {}
+                _ = api_stop.wait_for(|s| *s) => {}
+                () = restart.notified() => {
+                    restarting.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
         }
     })
     .await;
@@ -506,7 +566,11 @@ where
             warn!("the proxy thread did not end cleanly");
         }
     }
-    served.map_err(DaemonError::Serve)
+    served.map_err(DaemonError::Serve)?;
+    if restarting.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(DaemonError::ConfigChanged(paths.etc().join("config.toml")));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -548,6 +612,7 @@ pub(crate) mod tests {
                 unit_dir: home.join(".local/share/systemd/user"),
                 runtime_dir: dir.path().join("run"),
                 etc_dir: etc,
+                config_dir: dir.path().join("config"),
                 home,
             };
             let files = MemFiles::new();

@@ -35,6 +35,7 @@ pub mod state;
 pub mod sys;
 pub mod systemd;
 pub mod units;
+pub mod watch;
 pub mod web;
 
 #[cfg(any(test, feature = "testkit"))]

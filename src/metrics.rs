@@ -506,6 +506,12 @@ fn registry(snap: &Snapshot) -> Registry {
         );
     }
     r.register(
+        "berth_config_error",
+        "1 while a changed config.toml does not validate (the daemon keeps the settings it \
+         started with), else 0",
+        ConstGauge::new(i64::from(d.config_error.is_some())),
+    );
+    r.register(
         "berth_podman_up",
         "1 while Podman's API answered the daemon's last question, else 0 (services keep \
          running without it)",
@@ -883,6 +889,7 @@ mod tests {
                 catalog_serial: "5e1a".into(),
                 catalog_error: None,
                 catalog_in_force: None,
+                config_error: None,
                 podman_error: None,
                 web_url: None,
                 web_error: None,

@@ -471,6 +471,7 @@ mod tests {
                 catalog_serial: String::new(),
                 catalog_error: None,
                 catalog_in_force: None,
+                config_error: None,
                 podman_error: None,
                 web_url: None,
                 web_error: None,

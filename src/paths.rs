@@ -18,6 +18,9 @@ pub struct Paths {
     pub runtime_dir: PathBuf,
     /// Admin configuration, `/etc/berth` (`BERTH_ETC_DIR` overrides, for tests).
     pub etc_dir: PathBuf,
+    /// `$XDG_CONFIG_HOME/berth`: the user's own catalog layer (`catalog.d/`), where policy
+    /// allows it.
+    pub config_dir: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,13 +38,29 @@ fn env_path(name: &str) -> Option<PathBuf> {
         .filter(|p| p.is_absolute())
 }
 
+/// `$XDG_CONFIG_HOME/berth` (or `~/.config/berth`) alone, for commands without a session.
+pub fn user_config_dir() -> Option<PathBuf> {
+    env_path("XDG_CONFIG_HOME")
+        .or_else(|| env_path("HOME").map(|h| h.join(".config")))
+        .map(|c| c.join("berth"))
+}
+
+/// The user's state file alone (`$XDG_STATE_HOME/berth/state.toml`).
+pub fn state_file() -> Option<PathBuf> {
+    env_path("XDG_STATE_HOME")
+        .or_else(|| env_path("HOME").map(|h| h.join(".local/state")))
+        .map(|s| s.join("berth/state.toml"))
+}
+
 impl Paths {
     pub fn from_env() -> Result<Self, PathsError> {
         let home = env_path("HOME").ok_or(PathsError::Missing("HOME"))?;
         let runtime = env_path("XDG_RUNTIME_DIR").ok_or(PathsError::Missing("XDG_RUNTIME_DIR"))?;
         let state = env_path("XDG_STATE_HOME").unwrap_or_else(|| home.join(".local/state"));
         let data = env_path("XDG_DATA_HOME").unwrap_or_else(|| home.join(".local/share"));
+        let config = env_path("XDG_CONFIG_HOME").unwrap_or_else(|| home.join(".config"));
         Ok(Paths {
+            config_dir: config.join("berth"),
             state_dir: state.join("berth"),
             unit_dir: data.join("systemd/user"),
             runtime_dir: runtime.join("berth"),
@@ -69,5 +88,10 @@ impl Paths {
 
     pub fn etc(&self) -> &Path {
         &self.etc_dir
+    }
+
+    /// The user's own catalog files live in `catalog.d/` below it.
+    pub fn user_catalog(&self) -> &Path {
+        &self.config_dir
     }
 }

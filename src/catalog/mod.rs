@@ -10,10 +10,13 @@
 //! file, line and column. A catalog with any error is rejected whole, so the caller keeps
 //! running the last good one.
 
+pub mod diff;
 pub mod model;
 pub mod patch;
+pub mod policy;
 pub mod raw;
 pub mod remote;
+pub mod show;
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -34,14 +37,29 @@ pub const BUILTIN_PREFIX: &str = "<built-in>";
 pub struct Source {
     pub path: PathBuf,
     pub text: String,
+    /// The layer it belongs to: built-in for paths under [`BUILTIN_PREFIX`], else admin
+    /// unless [`Source::in_layer`] says otherwise.
+    pub layer: Layer,
 }
 
 impl Source {
     pub fn new(path: impl Into<PathBuf>, text: impl Into<String>) -> Self {
+        let path = path.into();
+        let layer = if is_builtin(&path) {
+            Layer::Builtin
+        } else {
+            Layer::Admin
+        };
         Source {
-            path: path.into(),
+            path,
             text: text.into(),
+            layer,
         }
+    }
+
+    pub fn in_layer(mut self, layer: Layer) -> Self {
+        self.layer = layer;
+        self
     }
 
     /// 1-based line and column (in characters) of a byte offset.
@@ -83,16 +101,18 @@ pub struct Diagnostic {
 }
 
 impl Diagnostic {
+    /// At `loc`, or else at the service's own `name` line (`origin`): a problem of a
+    /// service that has no single place of its own still names a line.
     fn at(
         loc: Option<&validate::Loc>,
-        file: &Path,
+        origin: &Origin,
         field: impl Into<String>,
         message: String,
     ) -> Self {
         Diagnostic {
-            file: loc.map_or_else(|| file.to_path_buf(), |l| l.file.clone()),
-            line: loc.map_or(0, |l| l.line),
-            col: loc.map_or(0, |l| l.col),
+            file: loc.map_or_else(|| origin.file.clone(), |l| l.file.clone()),
+            line: loc.map_or(origin.line, |l| l.line),
+            col: loc.map_or(usize::from(origin.line > 0), |l| l.col),
             field: field.into(),
             message,
         }
@@ -144,51 +164,85 @@ impl CatalogError {
     }
 }
 
-/// Where the admin layer lives: `/etc/berth` normally; tests point it elsewhere.
+/// Where the layers live: `/etc/berth` normally; tests point it elsewhere.
 #[derive(Debug, Clone)]
 pub struct Layers {
     /// Include the built-in catalog.
     pub builtin: bool,
     /// `policy.toml`, if it exists.
     pub policy: Option<PathBuf>,
-    /// Files of the admin layers, in order; each replaces same-named services before it.
+    /// Files of the admin layer, in order; each replaces same-named services before it.
     pub files: Vec<PathBuf>,
+    /// The slot of the signed remote catalog, between the admin and the user layer: files
+    /// read into [`Layer::Remote`]. Nothing fills it yet.
+    pub remote: Vec<PathBuf>,
+    /// Files of the user's own layer (`~/.config/berth/catalog.d`), read only where policy
+    /// allows (`user_catalogs`).
+    pub user: Vec<PathBuf>,
+}
+
+/// The `*.toml` files of a directory, sorted; a missing directory has none.
+pub fn toml_files(dir: &Path) -> Result<Vec<PathBuf>, CatalogError> {
+    let mut files = Vec::new();
+    match std::fs::read_dir(dir) {
+        Ok(rd) => {
+            for e in rd {
+                let e = e.map_err(|source| CatalogError::Read {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "toml") {
+                    files.push(p);
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(CatalogError::Read {
+                path: dir.to_path_buf(),
+                source,
+            })
+        }
+    }
+    files.sort();
+    Ok(files)
 }
 
 impl Layers {
-    /// The standard layers under `etc` (normally `/etc/berth`).
+    /// The standard layers under `etc` (normally `/etc/berth`): built-in, admin, policy.
     pub fn standard(etc: &Path) -> Result<Self, CatalogError> {
         let policy = etc.join("policy.toml");
-        let dir = etc.join("catalog.d");
-        let mut files = Vec::new();
-        match std::fs::read_dir(&dir) {
-            Ok(rd) => {
-                for e in rd {
-                    let e = e.map_err(|source| CatalogError::Read {
-                        path: dir.clone(),
-                        source,
-                    })?;
-                    let p = e.path();
-                    if p.extension().is_some_and(|x| x == "toml") {
-                        files.push(p);
-                    }
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(CatalogError::Read { path: dir, source }),
-        }
-        files.sort();
         Ok(Layers {
             builtin: true,
             policy: policy.exists().then_some(policy),
-            files,
+            files: toml_files(&etc.join("catalog.d"))?,
+            remote: Vec::new(),
+            user: Vec::new(),
         })
+    }
+
+    /// The standard layers and the user's own `catalog.d` under `user_dir` (normally
+    /// `~/.config/berth`).
+    pub fn with_user(etc: &Path, user_dir: &Path) -> Result<Self, CatalogError> {
+        let mut l = Layers::standard(etc)?;
+        l.user = toml_files(&user_dir.join("catalog.d"))?;
+        Ok(l)
+    }
+
+    /// Every file of every layer and the policy, for noticing changes.
+    pub fn all_files(&self) -> impl Iterator<Item = &PathBuf> {
+        self.files
+            .iter()
+            .chain(&self.remote)
+            .chain(&self.user)
+            .chain(&self.policy)
     }
 }
 
-fn read(path: &Path) -> Result<Source, CatalogError> {
+fn read(path: &Path, layer: Layer) -> Result<Source, CatalogError> {
     std::fs::read_to_string(path)
-        .map(|t| Source::new(path, t))
+        .map(|t| Source::new(path, t).in_layer(layer))
         .map_err(|source| CatalogError::Read {
             path: path.to_path_buf(),
             source,
@@ -262,9 +316,9 @@ pub struct LayerSources {
 }
 
 impl LayerSources {
-    /// The admin (non-built-in) files.
+    /// The files of every layer but the built-in one.
     pub fn admin_files(&self) -> impl Iterator<Item = &Source> {
-        self.files.iter().filter(|s| !is_builtin(&s.path))
+        self.files.iter().filter(|s| s.layer != Layer::Builtin)
     }
 }
 
@@ -300,14 +354,20 @@ pub fn read_layers(layers: &Layers) -> LayerSources {
             message: format!("{e}{cause}"),
         });
     };
-    for f in &layers.files {
-        match read(f) {
-            Ok(s) => out.files.push(s),
-            Err(e) => note(f, e),
+    for (files, layer) in [
+        (&layers.files, Layer::Admin),
+        (&layers.remote, Layer::Remote),
+        (&layers.user, Layer::User),
+    ] {
+        for f in files {
+            match read(f, layer) {
+                Ok(s) => out.files.push(s),
+                Err(e) => note(f, e),
+            }
         }
     }
     if let Some(p) = &layers.policy {
-        match read(p) {
+        match read(p, Layer::Admin) {
             Ok(s) => out.policy = Some(s),
             Err(e) => note(p, e),
         }
@@ -413,6 +473,7 @@ pub fn from_sources(
     let mut spans = BTreeMap::new();
     // Service names in layer order: a clash is blamed on the later layer.
     let mut order: Vec<String> = Vec::new();
+    let mut ignored = Vec::new();
     for src in sources {
         if remote::is_remote(&src.path) {
             for (svc, sp) in remote::services(src, &policy, &mut diags) {
@@ -422,6 +483,25 @@ pub fn from_sources(
                 services.insert(svc.name.clone(), svc);
             }
             continue;
+        }
+        if src.layer == Layer::User {
+            if !policy.user_catalogs {
+                ignored.push(format!(
+                    "{}: not read: {} does not allow user catalogs",
+                    src.path.display(),
+                    policy.rule("user_catalogs")
+                ));
+                continue;
+            }
+            let name = src.path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+            if policy.is_required(name) {
+                ignored.push(format!(
+                    "{}: not read: service {name:?} is required by {}, and a user's entry may not replace it",
+                    src.path.display(),
+                    policy.rule("required_services")
+                ));
+                continue;
+            }
         }
         if patch::is_patch(&src.text) == Some(true) {
             patch::apply(src, &mut services, &mut diags);
@@ -445,6 +525,9 @@ pub fn from_sources(
     if diags.is_empty() {
         validate::resolve_service_refs(&mut services, &mut diags);
     }
+    if diags.is_empty() {
+        policy::apply(&mut services, &policy, policy_src, &mut diags);
+    }
     for (name, field) in policy
         .denied_services
         .iter()
@@ -458,7 +541,14 @@ pub fn from_sources(
     {
         if !services.contains_key(name) && diags.is_empty() {
             if let Some(src) = policy_src {
-                diags.push(src.diagnostic(None, field.into(), format!("unknown service {name:?}")));
+                let line = policy.rules.get(field).map_or(0, |l| l.line);
+                diags.push(Diagnostic {
+                    file: src.path.clone(),
+                    line,
+                    col: usize::from(line > 0),
+                    field: field.into(),
+                    message: format!("unknown service {name:?}"),
+                });
             }
         }
     }
@@ -476,11 +566,13 @@ pub fn from_sources(
         services,
         policy,
         serial: format!("{:016x}", hash.0),
+        ignored,
     })
 }
 
 /// FNV-1a, 64 bit: stable across builds and platforms, unlike std's hasher.
-struct Fnv(u64);
+#[derive(Debug)]
+pub struct Fnv(pub u64);
 
 impl Default for Fnv {
     fn default() -> Self {
@@ -489,7 +581,7 @@ impl Default for Fnv {
 }
 
 impl Fnv {
-    fn write(&mut self, bytes: &[u8]) {
+    pub fn write(&mut self, bytes: &[u8]) {
         for b in bytes {
             self.0 ^= u64::from(*b);
             self.0 = self.0.wrapping_mul(0x0100_0000_01b3);

@@ -13,6 +13,9 @@ pub struct Catalog {
     pub policy: Policy,
     /// A short hash of every file it was made from: tells fleets which catalog a VM runs.
     pub serial: String,
+    /// Files of the user layer that policy kept out, each saying which rule (file:line).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ignored: Vec<String>,
 }
 
 impl Catalog {
@@ -21,10 +24,50 @@ impl Catalog {
     }
 }
 
+/// The layers of the catalog, lowest first: a later layer replaces same-named services of an
+/// earlier one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layer {
+    /// Embedded from `config/catalog/`.
+    Builtin,
+    /// `/etc/berth/catalog.d/*.toml` (cloud-init, Ansible, a shared folder).
+    Admin,
+    /// The signed remote catalog. Its slot: berth reads nothing into it yet.
+    Remote,
+    /// `~/.config/berth/catalog.d/*.toml`, only where policy allows (`user_catalogs`).
+    User,
+}
+
+impl Layer {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Layer::Builtin => "built-in",
+            Layer::Admin => "admin",
+            Layer::Remote => "remote",
+            Layer::User => "user",
+        }
+    }
+}
+
 /// Where a definition came from, for messages.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Origin {
     pub file: PathBuf,
+    pub layer: Layer,
+    /// The line of its `name`; 0 when unknown.
+    pub line: usize,
+}
+
+impl Origin {
+    /// An origin in the admin layer (tests, fixtures).
+    pub fn admin(file: impl Into<PathBuf>) -> Self {
+        Origin {
+            file: file.into(),
+            layer: Layer::Admin,
+            line: 0,
+        }
+    }
 }
 
 /// A field that a patch layer set, and where (see [`super::patch`]).
@@ -86,6 +129,14 @@ pub struct Service {
     /// Fields set by patch layers over `origin`, in the order they were applied.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub patched: Vec<FieldOrigin>,
+    /// Fields that the policy set or limited (forced on-demand, clamped resources), each
+    /// naming the rule's file and line.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub policy_set: Vec<FieldOrigin>,
+    /// Why policy refuses this service (naming the rule and its file:line): it stays in the
+    /// catalog so that users see it, but it cannot be enabled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 impl Service {
@@ -127,6 +178,10 @@ pub struct Container {
     pub volumes: Vec<Volume>,
     pub files: Vec<FileMount>,
     pub health: Option<Health>,
+    /// Memory limit in bytes (`--memory`, `MemoryMax=`); `None` is unlimited.
+    pub memory: Option<u64>,
+    /// CPU limit in CPUs (`--cpus`, `CPUQuota=`); `None` is unlimited.
+    pub cpus: Option<f64>,
 }
 
 impl Container {
@@ -197,6 +252,24 @@ pub struct Probe {
     pub timeout: Duration,
 }
 
+/// Where a rule of the policy is written: `policy.toml:LINE`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuleLoc {
+    pub file: PathBuf,
+    pub line: usize,
+}
+
+/// Resource ceilings of the policy (`[limits]`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Limits {
+    /// Bytes; every container gets at most this (and this when its entry names none).
+    pub container_memory: Option<u64>,
+    pub container_cpus: Option<f64>,
+    /// Bytes; the services a user turns on may together claim at most this.
+    pub user_memory: Option<u64>,
+    pub user_cpus: Option<f64>,
+}
+
 /// Admin policy, validated.
 #[derive(Debug, Clone, Serialize)]
 pub struct Policy {
@@ -205,6 +278,17 @@ pub struct Policy {
     pub port_max: u16,
     pub denied_services: Vec<String>,
     pub default_enabled: Vec<String>,
+    /// Image patterns (`*` matches anything, `/` included); empty allows every image.
+    pub allowed_images: Vec<String>,
+    /// Always on; the user cannot disable or stop them.
+    pub required_services: Vec<String>,
+    /// Made on-demand whatever their entry says (heavy services).
+    pub on_demand: Vec<String>,
+    /// Whether `~/.config/berth/catalog.d` is read at all.
+    pub user_catalogs: bool,
+    pub limits: Limits,
+    /// Where each rule is written, by its name (`allowed_images`, `limits.user_memory`…).
+    pub rules: BTreeMap<String, RuleLoc>,
 }
 
 impl Default for Policy {
@@ -215,8 +299,58 @@ impl Default for Policy {
             port_max: 65535,
             denied_services: Vec::new(),
             default_enabled: Vec::new(),
+            allowed_images: Vec::new(),
+            required_services: Vec::new(),
+            on_demand: Vec::new(),
+            user_catalogs: false,
+            limits: Limits::default(),
+            rules: BTreeMap::new(),
         }
     }
+}
+
+impl Policy {
+    /// A rule by name and where it is written, for refusals: `policy rule allowed_images
+    /// (/etc/berth/policy.toml:3)`; a rule that is not written is the default.
+    pub fn rule(&self, name: &str) -> String {
+        match self.rules.get(name) {
+            Some(l) => format!("policy rule `{name}` ({}:{})", l.file.display(), l.line),
+            None => format!("policy rule `{name}` (the default)"),
+        }
+    }
+
+    pub fn is_required(&self, service: &str) -> bool {
+        self.required_services.iter().any(|s| s == service)
+    }
+
+    pub fn is_denied(&self, service: &str) -> bool {
+        self.denied_services.iter().any(|s| s == service)
+    }
+
+    /// Whether `image` matches one of the allowed patterns (or no pattern is set).
+    pub fn image_allowed(&self, image: &str) -> bool {
+        self.allowed_images.is_empty() || self.allowed_images.iter().any(|p| glob(p, image))
+    }
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
 }
 
 mod secs {

@@ -83,6 +83,10 @@ pub struct RawContainer {
     #[serde(default)]
     pub files: Vec<Spanned<RawFile>>,
     pub health: Option<Spanned<RawHealth>>,
+    /// Memory limit, e.g. "2g" (Podman's `--memory`).
+    pub memory: Option<Spanned<String>>,
+    /// CPU limit in CPUs, e.g. 1.5 (Podman's `--cpus`).
+    pub cpus: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -136,4 +140,25 @@ pub struct RawPolicy {
     /// Services enabled for a user who has not chosen otherwise.
     #[serde(default)]
     pub default_enabled: Vec<Spanned<String>>,
+    /// Image patterns a service may use (`*` matches anything); absent allows every image.
+    pub allowed_images: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Services that are always on: the user cannot disable or stop them.
+    #[serde(default)]
+    pub required_services: Vec<Spanned<String>>,
+    /// Services made on-demand whatever their entry says.
+    #[serde(default)]
+    pub on_demand: Vec<Spanned<String>>,
+    /// Whether the user's own `~/.config/berth/catalog.d` is read (default false).
+    pub user_catalogs: Option<Spanned<bool>>,
+    pub limits: Option<Spanned<RawLimits>>,
+}
+
+/// `[limits]` of the policy: resource ceilings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub container_memory: Option<Spanned<String>>,
+    pub container_cpus: Option<Spanned<f64>>,
+    pub user_memory: Option<Spanned<String>>,
+    pub user_cpus: Option<Spanned<f64>>,
 }

@@ -231,6 +231,8 @@ fn builtin_catalog_is_valid() {
         builtin: true,
         policy: None,
         files: vec![],
+        remote: vec![],
+        user: vec![],
     })
     .expect("built-in catalog valid");
     for name in [
@@ -261,6 +263,8 @@ fn supabase_kong_and_studio_sign_the_same_api_keys() {
         builtin: true,
         policy: None,
         files: vec![],
+        remote: vec![],
+        user: vec![],
     })
     .expect("built-in catalog valid");
     let s = c.get("supabase").expect("supabase");
@@ -458,4 +462,550 @@ fn backup_modes_are_validated_with_their_fields() {
     );
     let e = with("[backup]\nmode = \"stop\"\nwhen = \"daily\"").expect_err("unknown field");
     assert!(e.to_string().contains("when"), "{e}");
+}
+
+// ---- policy rules -------------------------------------------------------------------------
+
+const POLICY: &str = "/etc/berth/policy.toml";
+
+fn with_policy(policy: &str, sources: &[Source]) -> Result<Catalog, CatalogError> {
+    from_sources(Some(&Source::new(POLICY, policy)), sources)
+}
+
+fn web_with_image(image: &str) -> String {
+    GOOD.replace("localhost/web:1", image)
+}
+
+#[test]
+fn an_image_outside_the_allowed_patterns_refuses_its_service_naming_the_rule() {
+    let policy = "# images\n\nallowed_images = [\"registry.corp/*\", \"localhost/berth-*\"]\n";
+    let c = with_policy(
+        policy,
+        &[Source::new("/etc/berth/catalog.d/web.toml", GOOD)],
+    )
+    .expect("a refusal is not an error of the catalog");
+    let why = c
+        .get("web")
+        .expect("kept")
+        .refused
+        .clone()
+        .expect("refused");
+    assert!(
+        why.contains("image localhost/web:1 is not allowed"),
+        "{why}"
+    );
+    assert!(
+        why.contains("policy rule `allowed_images` (/etc/berth/policy.toml:3)"),
+        "{why}"
+    );
+    let ok = with_policy(
+        policy,
+        &[Source::new(
+            "/etc/berth/catalog.d/web.toml",
+            web_with_image("registry.corp/team/web:2"),
+        )],
+    )
+    .expect("valid");
+    assert_eq!(ok.get("web").expect("web").refused, None);
+}
+
+#[test]
+fn a_patched_image_is_held_to_the_same_rule() {
+    let patch = "name = \"web\"\npatch = true\n[[containers]]\nname = \"app\"\nimage = \"docker.io/evil/web:1\"\n";
+    let c = with_policy(
+        "allowed_images = [\"localhost/*\"]\n",
+        &[
+            Source::new("<built-in>/web.toml", GOOD),
+            Source::new("/etc/berth/catalog.d/web.toml", patch),
+        ],
+    )
+    .expect("valid");
+    let why = c.get("web").expect("web").refused.clone().expect("refused");
+    assert!(why.contains("docker.io/evil/web:1"), "{why}");
+}
+
+#[test]
+fn glob_patterns() {
+    assert!(glob("docker.io/library/*", "docker.io/library/postgres:16"));
+    assert!(glob("*", "anything"));
+    assert!(glob("quay.io/*/minio:*", "quay.io/minio/minio:RELEASE.1"));
+    assert!(!glob("quay.io/*/minio:*", "quay.io/minio/mc:1"));
+    assert!(glob("localhost/web:1", "localhost/web:1"));
+    assert!(!glob("localhost/web:1", "localhost/web:10"));
+    assert!(!glob("a*a", "a"), "the two ends may not overlap");
+}
+
+#[test]
+fn required_services_are_locked_and_must_exist_and_not_be_refused() {
+    let c = with_policy(
+        "required_services = [\"web\"]\n",
+        &[Source::new("a/web.toml", GOOD)],
+    )
+    .expect("valid");
+    assert!(c.policy.is_required("web"));
+    assert_eq!(
+        c.policy.rule("required_services"),
+        "policy rule `required_services` (/etc/berth/policy.toml:1)"
+    );
+    let e = with_policy(
+        "\nrequired_services = [\"nosuch\"]\n",
+        &[Source::new("a/web.toml", GOOD)],
+    )
+    .expect_err("unknown");
+    assert_eq!(e.diagnostics()[0].line, 2, "{e}");
+    assert!(e.to_string().contains("unknown service \"nosuch\""), "{e}");
+    let e = with_policy(
+        "required_services = [\"web\"]\nallowed_images = [\"registry.corp/*\"]\n",
+        &[Source::new("a/web.toml", GOOD)],
+    )
+    .expect_err("required but refused");
+    assert!(
+        e.to_string()
+            .contains("policy.toml:1:1: required_services: required service \"web\" is refused"),
+        "{e}"
+    );
+    let e = with_policy(
+        "required_services = [\"web\"]\ndenied_services = [\"web\"]\n",
+        &[Source::new("a/web.toml", GOOD)],
+    )
+    .expect_err("both");
+    assert!(e.to_string().contains("also in denied_services"), "{e}");
+}
+
+#[test]
+fn denied_services_are_refused_with_the_rule() {
+    let c = with_policy(
+        "denied_services = [\"web\"]\n",
+        &[Source::new("a/web.toml", GOOD)],
+    )
+    .expect("valid");
+    let why = c.get("web").expect("web").refused.clone().expect("refused");
+    assert_eq!(
+        why,
+        "denied by policy rule `denied_services` (/etc/berth/policy.toml:1)"
+    );
+}
+
+#[test]
+fn on_demand_is_forced_for_named_services_with_a_port() {
+    let c = with_policy(
+        "on_demand = [\"web\"]\n",
+        &[Source::new("a/web.toml", GOOD)],
+    )
+    .expect("valid");
+    let s = c.get("web").expect("web");
+    assert!(s.on_demand);
+    assert_eq!(s.policy_set[0].field, "on_demand");
+    assert_eq!(
+        (s.policy_set[0].file.as_path(), s.policy_set[0].line),
+        (Path::new(POLICY), 1)
+    );
+    let portless = GOOD
+        .split("[[containers.ports]]")
+        .next()
+        .expect("test setup")
+        .to_string();
+    let e = with_policy(
+        "on_demand = [\"web\"]\n",
+        &[Source::new("a/web.toml", portless)],
+    )
+    .expect_err("no port");
+    assert!(
+        e.to_string()
+            .contains("policy.toml:1:1: on_demand: service \"web\" has no port"),
+        "{e}"
+    );
+}
+
+#[test]
+fn ceilings_clamp_containers_and_record_the_rule() {
+    let big = GOOD.replace(
+        "image = \"localhost/web:1\"",
+        "image = \"localhost/web:1\"\nmemory = \"8g\"\ncpus = 4",
+    );
+    let policy = "[limits]\ncontainer_memory = \"2g\"\ncontainer_cpus = 1.5\n";
+    let c = with_policy(policy, &[Source::new("a/web.toml", big)]).expect("valid");
+    let s = c.get("web").expect("web");
+    assert_eq!(s.containers[0].memory, Some(2 << 30));
+    assert_eq!(s.containers[0].cpus, Some(1.5));
+    let fields: Vec<(&str, usize)> = s
+        .policy_set
+        .iter()
+        .map(|f| (f.field.as_str(), f.line))
+        .collect();
+    assert_eq!(
+        fields,
+        [("containers.app.memory", 2), ("containers.app.cpus", 3)]
+    );
+    // Without limits of its own a container gets the ceiling; below it, its own stays.
+    let c = with_policy(policy, &[Source::new("a/web.toml", GOOD)]).expect("valid");
+    assert_eq!(
+        c.get("web").expect("web").containers[0].memory,
+        Some(2 << 30)
+    );
+    let small = GOOD.replace(
+        "image = \"localhost/web:1\"",
+        "image = \"localhost/web:1\"\nmemory = \"256m\"",
+    );
+    let c = with_policy(policy, &[Source::new("a/web.toml", small)]).expect("valid");
+    assert_eq!(
+        c.get("web").expect("web").containers[0].memory,
+        Some(256 << 20)
+    );
+}
+
+#[test]
+fn user_ceilings_count_every_service_that_is_on() {
+    let a = GOOD.replace(
+        "image = \"localhost/web:1\"",
+        "image = \"localhost/web:1\"\nmemory = \"3g\"",
+    );
+    let b = a.replace("\"web\"", "\"web2\"").replace("18081", "18082");
+    let c = with_policy(
+        "[limits]\nuser_memory = \"4g\"\n",
+        &[Source::new("a/web.toml", a), Source::new("a/web2.toml", b)],
+    )
+    .expect("valid");
+    let one = [c.get("web").expect("web")];
+    assert!(policy::within_user_limits(&c.policy, one.into_iter()).is_ok());
+    let both = c.services.values();
+    let e = policy::within_user_limits(&c.policy, both).expect_err("6g > 4g");
+    assert!(e.contains("6g of memory, above the 4g of policy rule `limits.user_memory` (/etc/berth/policy.toml:2)"), "{e}");
+}
+
+#[test]
+fn bad_policy_values_name_their_line() {
+    for (text, line, field) in [
+        ("allowed_images = []\n", 1, "allowed_images"),
+        ("allowed_images = [\"a b\"]\n", 1, "allowed_images"),
+        (
+            "\n[limits]\ncontainer_memory = \"1k\"\n",
+            3,
+            "limits.container_memory",
+        ),
+        ("[limits]\nuser_cpus = 0\n", 2, "limits.user_cpus"),
+        ("[limits]\nswap = \"1g\"\n", 2, ""),
+        (
+            "required_services = [\"Bad Name\"]\n",
+            1,
+            "required_services",
+        ),
+        ("user_catalogs = \"yes\"\n", 1, ""),
+    ] {
+        let e = with_policy(text, &[Source::new("a/web.toml", GOOD)]).expect_err(text);
+        let d = &e.diagnostics()[0];
+        assert_eq!((d.line, d.field.as_str()), (line, field), "{text}: {e}");
+    }
+}
+
+#[test]
+fn container_limits_are_validated() {
+    let with = |v: &str| {
+        GOOD.replace(
+            "image = \"localhost/web:1\"",
+            &format!("image = \"localhost/web:1\"\n{v}"),
+        )
+    };
+    assert!(one(&with("memory = \"1g\"\ncpus = 0.5")).is_ok());
+    let d = diags(&with("memory = \"1m\""));
+    assert_eq!(
+        (d[0].line, d[0].field.as_str()),
+        (8, "containers[0].memory"),
+        "{d:?}"
+    );
+    let d = diags(&with("cpus = -1"));
+    assert_eq!(
+        (d[0].line, d[0].field.as_str()),
+        (8, "containers[0].cpus"),
+        "{d:?}"
+    );
+}
+
+fn user_file(name: &str, text: String) -> Source {
+    Source::new(format!("/home/u/.config/berth/catalog.d/{name}.toml"), text).in_layer(Layer::User)
+}
+
+#[test]
+fn user_catalogs_are_read_only_where_policy_allows() {
+    let mine = GOOD
+        .replace("\"web\"", "\"mine\"")
+        .replace("18081", "18099");
+    let c = from_sources(None, &[user_file("mine", mine.clone())]).expect("valid");
+    assert!(c.get("mine").is_none(), "not read by default");
+    assert!(c.ignored[0].contains("mine.toml: not read: policy rule `user_catalogs` (the default) does not allow user catalogs"), "{:?}", c.ignored);
+    let c = with_policy("user_catalogs = true\n", &[user_file("mine", mine)]).expect("valid");
+    let s = c.get("mine").expect("read");
+    assert_eq!(s.origin.layer, Layer::User);
+    assert_eq!(s.origin.line, 2);
+    assert!(c.ignored.is_empty());
+}
+
+#[test]
+fn a_users_entry_may_not_replace_a_required_service_and_is_held_to_the_image_rule() {
+    let policy =
+        "user_catalogs = true\nrequired_services = [\"web\"]\nallowed_images = [\"localhost/*\"]\n";
+    let theirs = GOOD.replace("18081", "18082");
+    let c = with_policy(
+        policy,
+        &[
+            Source::new("/etc/berth/catalog.d/web.toml", GOOD),
+            user_file("web", theirs),
+        ],
+    )
+    .expect("valid");
+    assert_eq!(c.get("web").expect("web").origin.layer, Layer::Admin);
+    assert!(
+        c.ignored[0]
+            .contains("required by policy rule `required_services` (/etc/berth/policy.toml:2)"),
+        "{:?}",
+        c.ignored
+    );
+    let other = web_with_image("docker.io/x/y:1")
+        .replace("\"web\"", "\"mine\"")
+        .replace("18081", "18099");
+    let c = with_policy(
+        policy,
+        &[
+            Source::new("/etc/berth/catalog.d/web.toml", GOOD),
+            user_file("mine", other),
+        ],
+    )
+    .expect("valid");
+    let why = c
+        .get("mine")
+        .expect("mine")
+        .refused
+        .clone()
+        .expect("refused");
+    assert!(
+        why.contains("allowed_images` (/etc/berth/policy.toml:3)"),
+        "{why}"
+    );
+}
+
+// ---- the parsers against random input -----------------------------------------------------
+
+mod property {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Slots of a catalog file, each one of: absent, good, or bad in some way (the first is
+    /// good). One choice
+    /// per slot keeps keys unique, so random files get past the TOML syntax into the checks
+    /// behind it (ports, images, references, patches, the policy's rules).
+    const SERVICE_SLOTS: &[&[&str]] = &[
+        &[
+            "name = \"web\"",
+            "name = \"web\"",
+            "name = \"Web!\"",
+            "name = \"other\"",
+            "",
+        ],
+        &["description = \"a page\"", "description = \"\"", ""],
+        &["", "patch = true", "patch = false"],
+        &["", "on_demand = true"],
+        &["", "uses = [\"web\"]", "uses = [\"nosuch\"]"],
+        &["", "gpu = \"optional\"", "gpu = \"maybe\""],
+        &["", "idle_stop = \"5m\"", "idle_stop = \"5x\""],
+        &[
+            "",
+            "secrets = [\"pw\"]",
+            "secrets = [\"pw\", \"pw\"]",
+            "secrets = [\"P W\"]",
+        ],
+        &["", "colour = \"red\""],
+        &["[[containers]]", "[[containers]]", ""],
+        &["name = \"app\"", "name = \"app\"", "name = \"-x\"", ""],
+        &[
+            "image = \"localhost/web:1\"",
+            "image = \"docker.io/x/y:latest\"",
+            "image = \"nope\"",
+            "image = \"registry.corp/a/b:2\"",
+            "",
+        ],
+        &[
+            "",
+            "memory = \"512m\"",
+            "memory = \"1k\"",
+            "memory = \"9g\"",
+        ],
+        &["", "cpus = 1.5", "cpus = -3", "cpus = \"two\"", "cpus = 4"],
+        &["", "shm_size = \"64m\"", "shm_size = \"1k\""],
+        &[
+            "",
+            "env = { A = \"${secret.pw}\" }",
+            "env = { B = \"${service.web.url}\" }",
+            "env = { \"1x\" = \"v\" }",
+            "env = { C = \"${secret.pw\" }",
+        ],
+        &["", "after = [\"app\"]", "after = [\"db\"]"],
+        &[
+            "",
+            "cap_add = [\"SYS_ADMIN\"]",
+            "cap_add = [\"CHOWN\"]\ncap_add_reason = \"x\"",
+            "cap_add = [\"CHOWN\"]",
+        ],
+        &["", "weight = 1"],
+        &["[[containers.ports]]", "[[containers.ports]]", ""],
+        &["name = \"http\"", ""],
+        &[
+            "host = 18081",
+            "host = 80",
+            "host = 99999",
+            "host = \"x\"",
+            "",
+        ],
+        &["container = 8080", ""],
+        &[
+            "",
+            "[[containers.volumes]]\nhost = \"/etc\"\ntarget = \"/data\"",
+            "[[containers.volumes]]\nname = \"d\"\ntarget = \"/data\"",
+            "[[containers.volumes]]\ntarget = \"rel\"",
+        ],
+        &[
+            "",
+            "[containers.health]\ncmd = \"true\"",
+            "[containers.health]\ncmd = \"\"\nretries = 0",
+        ],
+        &[
+            "",
+            "[[containers]]\nname = \"db\"\nimage = \"localhost/db:1\"",
+            "[[containers]]\nname = \"app\"\nimage = \"localhost/db:1\"",
+        ],
+        &[
+            "",
+            "[probe]\nport = \"http\"",
+            "[probe]\nport = \"nope\"\npath = \"x y\"",
+        ],
+        &["", "", "", "= broken", "[[", "name = [1, 2"],
+    ];
+
+    const POLICY_SLOTS: &[&[&str]] = &[
+        &[
+            "",
+            "allowed_host_paths = [\"/shared\"]",
+            "allowed_host_paths = [\"/\"]",
+        ],
+        &["", "port_min = 2000", "port_min = 100"],
+        &["", "port_max = 30000", "port_max = 1500"],
+        &[
+            "",
+            "denied_services = [\"web\"]",
+            "denied_services = [\"nosuch\"]",
+        ],
+        &[
+            "",
+            "default_enabled = [\"web\"]",
+            "default_enabled = [\"nosuch\"]",
+        ],
+        &[
+            "",
+            "required_services = [\"web\"]",
+            "required_services = [\"Nope\"]",
+            "required_services = [\"nosuch\"]",
+        ],
+        &["", "on_demand = [\"web\"]", "on_demand = [\"nosuch\"]"],
+        &[
+            "",
+            "allowed_images = [\"localhost/*\"]",
+            "allowed_images = []",
+            "allowed_images = [\"registry.corp/*\"]",
+        ],
+        &["", "user_catalogs = true", "user_catalogs = 1"],
+        &["", "bogus = 1"],
+        &[
+            "",
+            "[limits]\ncontainer_memory = \"1g\"\ncontainer_cpus = 0.5",
+            "[limits]\ncontainer_memory = \"1\"",
+            "[limits]\nuser_memory = \"2g\"\nuser_cpus = 1",
+            "[limits]\nuser_cpus = 100000",
+        ],
+        &["", "", "[[x"],
+    ];
+
+    pub fn file(slots: &'static [&'static [&'static str]]) -> impl Strategy<Value = String> {
+        // Mostly the first (good) choice: a file with one or two problems reaches more
+        // checks than one with twenty.
+        let picks: Vec<_> = slots
+            .iter()
+            .map(|alts| prop_oneof![6 => Just(alts[0]), 1 => proptest::sample::select(*alts)])
+            .collect();
+        prop_oneof![
+            8 => picks.prop_map(|l| l.join("\n")),
+            1 => "\\PC{0,200}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 800, ..ProptestConfig::default() })]
+
+        /// No input panics, and every rejection names a line of a file it read.
+        #[test]
+        fn any_catalog_and_policy_is_accepted_or_rejected_with_lines(
+            svc in file(SERVICE_SLOTS),
+            policy in file(POLICY_SLOTS),
+            user in file(SERVICE_SLOTS),
+        ) {
+            let policy = Source::new("/etc/berth/policy.toml", policy);
+            let files = [
+                Source::new("<built-in>/web.toml", GOOD),
+                Source::new("/etc/berth/catalog.d/web.toml", svc),
+                Source::new("/home/u/.config/berth/catalog.d/web.toml", user).in_layer(Layer::User),
+            ];
+            if let Err(e) = from_sources(Some(&policy), &files) {
+                let d = e.diagnostics();
+                prop_assert!(!d.is_empty(), "a rejection says why");
+                for d in d {
+                    prop_assert!(d.line > 0, "no line: {d}");
+                    prop_assert!(
+                        d.file == policy.path || files.iter().any(|f| f.path == d.file),
+                        "names a file it read: {d}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The generator reaches past the syntax: some files pass, many fail in their fields.
+    #[test]
+    fn the_generator_reaches_the_checks_behind_the_syntax() {
+        use proptest::strategy::ValueTree;
+        let mut r = proptest::test_runner::TestRunner::deterministic();
+        let (mut ok, mut deep) = (0, 0);
+        for _ in 0..400 {
+            let s = file(SERVICE_SLOTS)
+                .new_tree(&mut r)
+                .expect("tree")
+                .current();
+            let p = file(POLICY_SLOTS).new_tree(&mut r).expect("tree").current();
+            match from_sources(
+                Some(&Source::new("/etc/berth/policy.toml", p)),
+                &[Source::new("/etc/berth/catalog.d/web.toml", s)],
+            ) {
+                Ok(_) => ok += 1,
+                Err(e) if e.diagnostics().iter().any(|d| !d.field.is_empty()) => deep += 1,
+                Err(_) => {}
+            }
+        }
+        assert!(
+            ok >= 5 && deep >= 100,
+            "accepted {ok}, rejected in a field {deep}"
+        );
+    }
+}
+
+#[test]
+fn the_example_policy_validates_against_the_built_in_catalog() {
+    let policy = Source::new(
+        "config/policy.example.toml",
+        include_str!("../../config/policy.example.toml"),
+    );
+    let c = from_sources(Some(&policy), &builtin_sources()).expect("the example is valid");
+    assert!(c.policy.is_required("demo"));
+    assert!(c.get("openproject").expect("built-in").on_demand);
+    assert!(c.get("gitlab-ce").expect("built-in").refused.is_some());
+    assert!(c.services.values().all(|s| s
+        .containers
+        .iter()
+        .all(|k| k.memory.is_some_and(|m| m <= 8 << 30))));
 }

@@ -518,8 +518,12 @@ pub fn service(
             containers,
             origin: Origin {
                 file: src.path.clone(),
+                layer: src.layer,
+                line: src.line_col(raw.name.span().start).0,
             },
             patched: Vec::new(),
+            policy_set: Vec::new(),
+            refused: None,
         },
         spans,
     ))
@@ -908,10 +912,21 @@ fn container(
         }
     });
 
+    let memory = rc.memory.as_ref().and_then(|m| {
+        let f = format!("{field}.memory");
+        memory_size(cx, m, &f)
+    });
+    let cpus = rc.cpus.as_ref().and_then(|c| {
+        let f = format!("{field}.cpus");
+        cpu_count(cx, c, &f)
+    });
+
     if cx.diags.len() > before {
         return None;
     }
     Some(Container {
+        memory,
+        cpus,
         name,
         image: rc.image.get_ref().clone(),
         command: rc.command.clone(),
@@ -930,6 +945,34 @@ fn container(
         files,
         health,
     })
+}
+
+/// Bounds of memory limits: Podman refuses less than 6 MiB.
+const MEMORY_MIN: u64 = 6 * MIB;
+const MEMORY_MAX: u64 = 4096 * 1024 * MIB;
+
+fn memory_size(cx: &mut Ctx<'_>, v: &Spanned<String>, field: &str) -> Option<u64> {
+    match parse_size(v.get_ref()) {
+        Ok(n) if (MEMORY_MIN..=MEMORY_MAX).contains(&n) => Some(n),
+        Ok(_) => {
+            cx.err(span_of(v), field, "must be in 6m..=4096g");
+            None
+        }
+        Err(e) => {
+            cx.err(span_of(v), field, e);
+            None
+        }
+    }
+}
+
+fn cpu_count(cx: &mut Ctx<'_>, v: &Spanned<f64>, field: &str) -> Option<f64> {
+    let n = *v.get_ref();
+    if (0.01..=1024.0).contains(&n) {
+        Some(n)
+    } else {
+        cx.err(span_of(v), field, "must be a number of CPUs in 0.01..=1024");
+        None
+    }
 }
 
 fn check_secret_refs(cx: &mut Ctx<'_>, v: &Spanned<String>, field: &str, secrets: &[String]) {
@@ -982,7 +1025,7 @@ pub fn across(
                     .unwrap_or_default();
                 diags.push(Diagnostic::at(
                     loc.as_ref(),
-                    &services[name].origin.file,
+                    &services[name].origin,
                     format!("ports.{pname}.host"),
                     format!(
                         "port {port} is already taken by service {other:?} port {opname:?}{at}"
@@ -996,7 +1039,7 @@ pub fn across(
             if !services.contains_key(u) {
                 diags.push(Diagnostic::at(
                     loc.as_ref(),
-                    &services[name].origin.file,
+                    &services[name].origin,
                     "uses",
                     format!("unknown service {u:?}"),
                 ));
@@ -1024,7 +1067,7 @@ pub fn across(
                                 .and_then(|(_, _, l)| l.clone());
                             diags.push(Diagnostic::at(
                                 loc.as_ref(),
-                                &svc.origin.file,
+                                &svc.origin,
                                 format!("containers[{ci}].ports[{pi}].container"),
                                 format!(
                                     "container port {} clashes with port {:?} of service {used:?} ({}), which this service uses: berth listens on 127.0.0.1:{} inside its containers for it",
@@ -1045,7 +1088,7 @@ pub fn across(
             .and_then(|u| u.1.clone());
         diags.push(Diagnostic::at(
             loc.as_ref(),
-            &first.origin.file,
+            &first.origin,
             "uses",
             format!("services use each other in a cycle: {}", cycle.join(" → ")),
         ));
@@ -1073,7 +1116,7 @@ pub fn resolve_service_refs(services: &mut BTreeMap<String, Service>, diags: &mu
         })
         .collect();
     for svc in services.values_mut() {
-        let (name, file, uses) = (svc.name.clone(), svc.origin.file.clone(), svc.uses.clone());
+        let (name, file, uses) = (svc.name.clone(), svc.origin.clone(), svc.uses.clone());
         for (ci, ctr) in svc.containers.iter_mut().enumerate() {
             for (key, value) in ctr.env.iter_mut() {
                 let mut out = String::new();
@@ -1215,6 +1258,121 @@ pub fn policy(src: &Source, raw: RawPolicy, diags: &mut Vec<Diagnostic>) -> Poli
         .iter()
         .map(|s| s.get_ref().clone())
         .collect();
+
+    let mut rule = |cx: &Ctx<'_>, name: &str, span: Range<usize>| {
+        let line = cx.src.line_col(span.start).0;
+        p.rules.insert(
+            name.to_string(),
+            super::model::RuleLoc {
+                file: cx.src.path.clone(),
+                line,
+            },
+        );
+    };
+    for (name, list) in [
+        ("allowed_host_paths", &raw.allowed_host_paths),
+        ("denied_services", &raw.denied_services),
+        ("default_enabled", &raw.default_enabled),
+        ("required_services", &raw.required_services),
+        ("on_demand", &raw.on_demand),
+    ] {
+        if let Some(first) = list.first() {
+            rule(&cx, name, first.span());
+        }
+    }
+    for (name, v) in [("port_min", &raw.port_min), ("port_max", &raw.port_max)] {
+        if let Some(v) = v {
+            rule(&cx, name, v.span());
+        }
+    }
+    if let Some(list) = &raw.allowed_images {
+        rule(&cx, "allowed_images", list.span());
+        for pat in list.get_ref() {
+            let t = pat.get_ref();
+            if t.is_empty() || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                cx.err(
+                    span_of(pat),
+                    "allowed_images",
+                    format!("{t:?} must be an image pattern without spaces (`*` matches anything)"),
+                );
+            } else {
+                p.allowed_images.push(t.clone());
+            }
+        }
+        if list.get_ref().is_empty() {
+            cx.err(
+                span_of(list),
+                "allowed_images",
+                "an empty list would refuse every image; leave the key out to allow every image",
+            );
+        }
+    }
+    if let Some(u) = &raw.user_catalogs {
+        rule(&cx, "user_catalogs", u.span());
+        p.user_catalogs = *u.get_ref();
+    }
+    let names_ok = |cx: &mut Ctx<'_>, field: &str, list: &[Spanned<String>]| -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for n in list {
+            if !valid_name(n.get_ref()) {
+                cx.err(
+                    span_of(n),
+                    field,
+                    format!("{:?} is not a service name", n.get_ref()),
+                );
+            } else if !out.contains(n.get_ref()) {
+                out.push(n.get_ref().clone());
+            }
+        }
+        out
+    };
+    p.required_services = names_ok(&mut cx, "required_services", &raw.required_services);
+    p.on_demand = names_ok(&mut cx, "on_demand", &raw.on_demand);
+    for r in &raw.required_services {
+        if p.denied_services.contains(r.get_ref()) {
+            cx.err(
+                span_of(r),
+                "required_services",
+                format!(
+                    "{:?} is also in denied_services: a service cannot be both",
+                    r.get_ref()
+                ),
+            );
+        }
+    }
+    if let Some(l) = &raw.limits {
+        let l = l.get_ref();
+        for (name, v, slot) in [
+            (
+                "limits.container_memory",
+                &l.container_memory,
+                &mut p.limits.container_memory,
+            ),
+            (
+                "limits.user_memory",
+                &l.user_memory,
+                &mut p.limits.user_memory,
+            ),
+        ] {
+            if let Some(v) = v {
+                rule(&cx, name, v.span());
+                *slot = memory_size(&mut cx, v, name);
+            }
+        }
+        for (name, v, slot) in [
+            (
+                "limits.container_cpus",
+                &l.container_cpus,
+                &mut p.limits.container_cpus,
+            ),
+            ("limits.user_cpus", &l.user_cpus, &mut p.limits.user_cpus),
+        ] {
+            if let Some(v) = v {
+                rule(&cx, name, v.span());
+                *slot = cpu_count(&mut cx, v, name);
+            }
+        }
+    }
     p
 }
 

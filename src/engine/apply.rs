@@ -368,11 +368,33 @@ where
             Verb::Disable => Choice::Off,
             Verb::Stop => Choice::Stopped,
         };
-        let denied = catalog.policy.denied_services.iter().any(|d| d == service);
-        if choice != Choice::Off && denied {
-            return Err(EngineError::Denied(service.into()));
+        if choice != Choice::Off {
+            if let Some(reason) = &svc.refused {
+                return Err(EngineError::Refused {
+                    service: service.into(),
+                    reason: reason.clone(),
+                });
+            }
+        }
+        if choice != Choice::On && catalog.policy.is_required(service) {
+            return Err(EngineError::Required {
+                service: service.into(),
+                rule: catalog.policy.rule("required_services"),
+            });
         }
         let current = desired::choice(&catalog, &self.state, service);
+        if choice == Choice::On && current != Choice::On {
+            // The per-user ceilings count every service that is on, this one included.
+            let on = catalog.services.values().filter(|s| {
+                s.name == service || desired::choice(&catalog, &self.state, &s.name) == Choice::On
+            });
+            if let Err(reason) = crate::catalog::policy::within_user_limits(&catalog.policy, on) {
+                return Err(EngineError::Refused {
+                    service: service.into(),
+                    reason,
+                });
+            }
+        }
         if matches!(verb, Verb::Stop | Verb::Restart) && current == Choice::Off {
             // Stopping or restarting a service that is not enabled is a mistake worth naming.
             return Err(EngineError::NotEnabled(service.into()));

@@ -1,5 +1,8 @@
 //! The catalog in force, and what to do when its files are broken.
 //!
+//! - The verified remote catalog (`crate::remote`) is one more layer after the admin files. A
+//!   new one is offered by [`CatalogState::offer_remote`]: put in force only if the layers
+//!   with it validate; a dry run says what it would change and keeps nothing.
 //! - A reload whose files validate replaces the catalog, and a copy of the admin files that
 //!   made it is kept on disk (atomically) as the *last good* one.
 //! - A reload that does not validate changes nothing: the catalog in force stays, and the
@@ -9,22 +12,29 @@
 //!   broken files' services are left out. A broken policy with no good copy leaves berth
 //!   holding: it shows the services but applies nothing, because the default policy does not
 //!   know what the administrator meant to deny.
-//! - The verified remote catalog (`crate::remote`) is one more layer after the admin files. A
-//!   new one is offered by [`CatalogState::offer_remote`]: put in force only if the layers
-//!   with it validate; a dry run says what it would change and keeps nothing.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::catalog::{self, Catalog, CatalogError, LayerSources, Layers, Source};
+use crate::catalog::{self, Catalog, CatalogError, Layer, LayerSources, Layers, Source};
 use crate::files::Files;
 
-/// The layer files' modification times, to notice a change on disk.
-pub(super) type Stamp = Vec<(PathBuf, Option<SystemTime>)>;
+/// A hash of every layer file's path and content, to notice a change on disk. Content, not
+/// modification times: a file rewritten within one tick of the kernel's coarse clock keeps
+/// its mtime, and the layers are small (200 files read and hashed in about a millisecond).
+pub(super) type Stamp = Option<u64>;
+
+/// Where the layers are read from.
+#[derive(Debug, Clone)]
+pub(super) struct Places {
+    /// `/etc/berth`: policy.toml and the admin layer's catalog.d.
+    pub etc: PathBuf,
+    /// `~/.config/berth`: the user's catalog.d.
+    pub user: PathBuf,
+}
 
 /// What is in force and what is wrong.
 #[derive(Debug)]
@@ -38,6 +48,7 @@ pub(super) struct CatalogState {
     pub hold: bool,
     stamp: Stamp,
     last_good: PathBuf,
+    places: Places,
     /// The remote catalog in force (verified), the layer after the admin files.
     remote: Option<Source>,
 }
@@ -55,6 +66,9 @@ struct LastGood {
 struct SourceCopy {
     path: PathBuf,
     text: String,
+    /// Absent in copies kept before layers were recorded: those were all admin files.
+    #[serde(default)]
+    layer: Option<Layer>,
 }
 
 impl SourceCopy {
@@ -62,46 +76,46 @@ impl SourceCopy {
         SourceCopy {
             path: s.path.clone(),
             text: s.text.clone(),
+            layer: Some(s.layer),
         }
     }
 
     fn source(&self) -> Source {
         Source::new(self.path.clone(), self.text.clone())
+            .in_layer(self.layer.unwrap_or(Layer::Admin))
     }
 }
 
-/// Reads the layers under `etc` (blocking), with the remote catalog after the admin files.
-fn read(etc: &Path, remote: Option<Source>) -> (Result<LayerSources, CatalogError>, Stamp) {
-    match Layers::standard(etc) {
+/// Reads the layers (blocking), with the verified remote catalog right after the built-in and
+/// admin files (so the user's layer stays after it).
+fn read(places: &Places, remote: Option<Source>) -> (Result<LayerSources, CatalogError>, Stamp) {
+    match Layers::with_user(&places.etc, &places.user) {
         Ok(layers) => {
-            let stamp = stamp(&layers);
             let mut src = catalog::read_layers(&layers);
             if let Some(r) = remote {
-                // Right after the built-in and admin files: any later layer (the user's own)
-                // stays after it.
-                let admin = etc.join("catalog.d");
                 let at = src
                     .files
                     .iter()
-                    .rposition(|f| catalog::is_builtin(&f.path) || f.path.starts_with(&admin))
+                    .rposition(|f| matches!(f.layer, Layer::Builtin | Layer::Admin))
                     .map_or(0, |i| i + 1);
-                src.files.insert(at, r);
+                src.files.insert(at, r.in_layer(Layer::Remote));
             }
+            let stamp = stamp(&src);
             (Ok(src), stamp)
         }
-        Err(e) => (Err(e), Vec::new()),
+        Err(e) => (Err(e), None),
     }
 }
 
 /// Reads the layers on the blocking pool.
 async fn read_async(
-    etc: &Path,
+    places: &Places,
     remote: Option<Source>,
 ) -> (Result<LayerSources, CatalogError>, Stamp) {
-    let etc = etc.to_path_buf();
-    tokio::task::spawn_blocking(move || read(&etc, remote))
+    let p = places.clone();
+    tokio::task::spawn_blocking(move || read(&p, remote))
         .await
-        .unwrap_or_else(|_| (Ok(LayerSources::default()), Vec::new()))
+        .unwrap_or_else(|_| (Ok(LayerSources::default()), None))
 }
 
 /// The services `new` adds, changes and removes compared with `old`.
@@ -125,16 +139,18 @@ fn diff(old: &Catalog, new: &Catalog) -> berth_proto::FetchAnswer {
     a
 }
 
-fn stamp(layers: &Layers) -> Stamp {
-    layers
-        .files
-        .iter()
-        .chain(&layers.policy)
-        .map(|p| {
-            let t = std::fs::metadata(p).and_then(|m| m.modified()).ok();
-            (p.clone(), t)
-        })
-        .collect()
+fn stamp(src: &LayerSources) -> Stamp {
+    let mut h = catalog::Fnv::default();
+    for s in src.policy.iter().chain(src.admin_files()) {
+        h.write(s.path.as_os_str().as_encoded_bytes());
+        h.write(&[0]);
+        h.write(s.text.as_bytes());
+        h.write(&[0]);
+    }
+    for d in &src.unreadable {
+        h.write(d.to_string().as_bytes());
+    }
+    Some(h.0)
 }
 
 /// Validates what was read; a file that could not be read fails it like a broken one.
@@ -164,13 +180,13 @@ fn count(n: usize) -> String {
 impl CatalogState {
     /// The catalog at the daemon's start (see the module's rules).
     pub async fn boot(
-        etc: &Path,
+        places: Places,
         files: &impl Files,
         last_good: PathBuf,
         now: u64,
         remote: Option<Source>,
     ) -> Self {
-        let (read, stamp) = read_async(etc, remote.clone()).await;
+        let (read, stamp) = read_async(&places, remote.clone()).await;
         let mut st = CatalogState {
             remote,
             current: Arc::new(Catalog::default()),
@@ -179,6 +195,7 @@ impl CatalogState {
             hold: false,
             stamp,
             last_good,
+            places,
         };
         let src = match read {
             Ok(src) => src,
@@ -291,6 +308,14 @@ impl CatalogState {
                 warn!(path = %self.last_good.display(), %err, "cannot keep a copy of the good catalog");
             }
         }
+        for note in &c.ignored {
+            info!("user catalog file left out by policy: {note}");
+        }
+        for s in c.services.values() {
+            if let Some(why) = &s.refused {
+                info!(service = %s.name, "{} is refused: {why}", s.name);
+            }
+        }
         self.current = Arc::new(c);
         self.error = None;
         self.in_force = None;
@@ -299,13 +324,40 @@ impl CatalogState {
 
     /// Reads the layers again. A catalog that does not validate changes nothing; the error
     /// stays on display.
-    pub async fn reload(
+    pub async fn reload(&mut self, files: &impl Files, now: u64) -> Result<usize, String> {
+        let (read, stamp) = read_async(&self.places, self.remote.clone()).await;
+        self.apply_read(files, read, stamp, now).await
+    }
+
+    /// Validates the layers with `remote` as the remote catalog; unless `dry_run`, puts it in
+    /// force when they do. What it adds, changes and removes; the problems when it does not
+    /// validate (nothing changes then).
+    pub async fn offer_remote(
         &mut self,
-        etc: &Path,
         files: &impl Files,
+        remote: Source,
+        now: u64,
+        dry_run: bool,
+    ) -> Result<berth_proto::FetchAnswer, String> {
+        let (read, stamp) = read_async(&self.places, Some(remote.clone())).await;
+        let src = read.map_err(|e| describe(&e))?;
+        let c = validate(&src).map_err(|e| describe(&e))?;
+        let change = diff(&self.current, &c);
+        if !dry_run {
+            self.stamp = stamp;
+            self.remote = Some(remote);
+            self.accept(files, c, &src, now).await;
+        }
+        Ok(change)
+    }
+
+    async fn apply_read(
+        &mut self,
+        files: &impl Files,
+        read: Result<LayerSources, CatalogError>,
+        stamp: Stamp,
         now: u64,
     ) -> Result<usize, String> {
-        let (read, stamp) = read_async(etc, self.remote.clone()).await;
         self.stamp = stamp;
         let result = read.and_then(|src| validate(&src).map(|c| (c, src)));
         match result {
@@ -329,39 +381,18 @@ impl CatalogState {
         }
     }
 
-    /// Validates the layers with `remote` as the remote catalog; unless `dry_run`, puts it in
-    /// force when they do. What it adds, changes and removes; the problems when it does not
-    /// validate (nothing changes then).
-    pub async fn offer_remote(
+    /// Reads the layers and reloads only if they differ from what was read last (one read:
+    /// what a watcher's bell costs when nothing changed is reading and hashing the files).
+    /// `None` when nothing changed.
+    pub async fn reload_if_changed(
         &mut self,
-        etc: &Path,
         files: &impl Files,
-        remote: Source,
         now: u64,
-        dry_run: bool,
-    ) -> Result<berth_proto::FetchAnswer, String> {
-        let (read, stamp) = read_async(etc, Some(remote.clone())).await;
-        let src = read.map_err(|e| describe(&e))?;
-        let c = validate(&src).map_err(|e| describe(&e))?;
-        let change = diff(&self.current, &c);
-        if !dry_run {
-            self.stamp = stamp;
-            self.remote = Some(remote);
-            self.accept(files, c, &src, now).await;
+    ) -> Option<Result<usize, String>> {
+        let (read, stamp) = read_async(&self.places, self.remote.clone()).await;
+        if stamp.is_some() && stamp == self.stamp {
+            return None;
         }
-        Ok(change)
-    }
-
-    /// Whether a layer file changed on disk since the last read (blocking metadata reads on
-    /// the blocking pool).
-    pub async fn changed_on_disk(&self, etc: &Path) -> bool {
-        let etc = etc.to_path_buf();
-        let known = self.stamp.clone();
-        tokio::task::spawn_blocking(move || match Layers::standard(&etc) {
-            Ok(l) => stamp(&l) != known,
-            Err(_) => false,
-        })
-        .await
-        .unwrap_or(false)
+        Some(self.apply_read(files, read, stamp, now).await)
     }
 }

@@ -15,10 +15,12 @@ use crate::state::StateError;
 pub enum EngineError {
     #[error("unknown service {0:?} (see `berth ls`)")]
     UnknownService(String),
-    #[error("service {0:?} is denied by the administrator's policy")]
-    Denied(String),
-    #[error("service {0:?} is required by the administrator's policy and cannot be turned off")]
-    Required(String),
+    /// Policy refuses the service (denied, an image not allowed) or the start (a ceiling);
+    /// `reason` names the rule and its file:line.
+    #[error("{service} cannot be turned on: {reason}")]
+    Refused { service: String, reason: String },
+    #[error("service {service:?} is required by {rule} and cannot be turned off or stopped")]
+    Required { service: String, rule: String },
     #[error("service {0:?} is not enabled (use `berth enable {0}`)")]
     NotEnabled(String),
     /// No catalog berth can apply (every message names its file and line).
@@ -82,6 +84,9 @@ pub enum Command {
     },
     /// The remote catalog's status (part of the daemon's info).
     RemoteSeen(berth_proto::RemoteCatalogInfo),
+    /// What is wrong with a changed config.toml, or `None` once it validates again (part of
+    /// the daemon's info).
+    ConfigError(Option<String>),
     /// The current picture and, from that very moment, every event after it.
     Subscribe {
         reply: oneshot::Sender<(Arc<Snapshot>, broadcast::Receiver<Event>)>,
@@ -98,6 +103,7 @@ pub struct Handle {
     pub(super) relays: watch::Receiver<Vec<crate::proxy::relays::RelayWant>>,
     pub(super) proxy: Arc<ProxyShared>,
     pub(super) units_changed: Arc<Notify>,
+    pub(super) layers_changed: Arc<Notify>,
     pub(super) events: broadcast::Sender<Event>,
 }
 
@@ -108,6 +114,18 @@ impl Handle {
     /// calls.
     pub fn units_changed(&self) {
         self.units_changed.notify_one();
+    }
+
+    /// Tells the engine that a catalog layer or the policy may have changed on disk: it
+    /// waits a moment for more writes, reads the layers again if they changed, and applies a
+    /// catalog that validates (a broken one is reported and changes nothing). Never waits.
+    pub fn layers_changed(&self) {
+        self.layers_changed.notify_one();
+    }
+
+    /// The notifier behind [`Handle::layers_changed`], for the watcher.
+    pub fn layers_changed_notify(&self) -> Arc<Notify> {
+        self.layers_changed.clone()
     }
 
     /// The notifier behind [`Handle::units_changed`], for an edge that watches units.
@@ -198,6 +216,13 @@ impl Handle {
     pub async fn set_web(&self, web: super::WebSeen) {
         if self.tx.send(Command::Web(web)).await.is_err() {
             tracing::debug!("engine gone; web status dropped");
+        }
+    }
+
+    /// Tells the engine what is wrong with config.toml (or that nothing is).
+    pub async fn set_config_error(&self, error: Option<String>) {
+        if self.tx.send(Command::ConfigError(error)).await.is_err() {
+            tracing::debug!("engine gone; config error dropped");
         }
     }
 

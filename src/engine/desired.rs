@@ -9,14 +9,10 @@ use crate::proxy::relays::{RelayPort, RelayWant};
 use crate::state::{Choice, UserState};
 use crate::units::{self, RenderCtx};
 
-/// The user's choice as policy lets it stand: a denied service is off.
+/// The user's choice as policy lets it stand: a denied or refused service is off, a required
+/// one on.
 pub(super) fn choice(catalog: &Catalog, state: &UserState, name: &str) -> Choice {
-    let policy = &catalog.policy;
-    if policy.denied_services.iter().any(|d| d == name) {
-        Choice::Off
-    } else {
-        state.choice(name, &policy.default_enabled)
-    }
+    crate::catalog::diff::effective_choice(catalog, state, name)
 }
 
 /// What the user asked for beyond their choices, consumed by the next pass.

@@ -112,6 +112,8 @@ pub struct Engine<S, P, F, C> {
     web: WebSeen,
     /// The remote catalog's status, as its task last reported it.
     remote_seen: Option<berth_proto::RemoteCatalogInfo>,
+    /// What is wrong with a changed config.toml (see [`Command::ConfigError`]).
+    config_error: Option<String>,
     inspected: InspectCache,
     probes: Probes,
     seen: Tracker,
@@ -130,6 +132,8 @@ struct Intake {
     pulls: mpsc::UnboundedReceiver<PullDone>,
     probes: mpsc::UnboundedReceiver<ProbeDone>,
     units_changed: Arc<Notify>,
+    /// A watcher saw a catalog layer or the policy change (see `crate::watch`).
+    layers_changed: Arc<Notify>,
 }
 
 /// What the engine publishes.
@@ -199,7 +203,10 @@ where
         let secrets = SecretStore::new(paths.secrets_dir());
         let now = edges.clock.now_unix();
         let catalog = CatalogState::boot(
-            paths.etc(),
+            catalog::Places {
+                etc: paths.etc().to_path_buf(),
+                user: paths.user_catalog().to_path_buf(),
+            },
             &edges.files,
             paths.state_dir.join("catalog-last-good.json"),
             now,
@@ -217,7 +224,9 @@ where
         let pulls = Pulls::load(&edges.files, paths.state_dir.join("pulls.toml"), pull_tx).await;
         let proxy = Arc::new(ProxyShared::default());
         let units_changed = Arc::new(Notify::new());
+        let layers_changed = Arc::new(Notify::new());
         let handle = Handle {
+            layers_changed: layers_changed.clone(),
             tx,
             catalog: catalog_rx,
             snapshot: snapshot_rx,
@@ -245,6 +254,7 @@ where
             podman_seen: PodmanSeen::default(),
             web: WebSeen::default(),
             remote_seen: None,
+            config_error: None,
             inspected: InspectCache::default(),
             probes: Probes::new(probe_tx),
             seen: Tracker::default(),
@@ -255,6 +265,7 @@ where
                 pulls: pull_rx,
                 probes: probe_rx,
                 units_changed,
+                layers_changed,
             }),
             out: Outputs {
                 catalog: catalog_tx,
@@ -292,6 +303,7 @@ where
             catalog_serial: self.catalog.current.serial.clone(),
             catalog_error: self.catalog.error.clone(),
             catalog_in_force: self.catalog.in_force.clone(),
+            config_error: self.config_error.clone(),
             podman_error: self.podman_seen.error.clone(),
             web_url: self.web.url.clone(),
             web_error: self.web.error.clone(),

@@ -18,6 +18,9 @@ use crate::systemd::Systemd;
 
 /// Unit signals within this window become one pass.
 const DEBOUNCE: Duration = Duration::from_millis(300);
+/// Layer changes within this window become one reload: an editor or `cp` of several files
+/// writes in bursts, and a half-written set should not be read.
+pub(super) const LAYERS_DEBOUNCE: Duration = Duration::from_millis(150);
 
 enum Wake {
     Command(Command),
@@ -28,6 +31,8 @@ enum Wake {
     ProbeTick,
     SafetyTick,
     Debounced,
+    LayersChanged,
+    LayersSettled,
     Closed,
 }
 
@@ -53,10 +58,11 @@ where
 
     async fn reload_catalog(&mut self) -> Result<usize, super::EngineError> {
         let now = self.now();
-        let r = self
-            .catalog
-            .reload(self.paths.etc(), &self.edges.files, now)
-            .await;
+        let r = self.catalog.reload(&self.edges.files, now).await;
+        self.reloaded(r)
+    }
+
+    fn reloaded(&self, r: Result<usize, String>) -> Result<usize, super::EngineError> {
         match &r {
             Ok(n) => {
                 info!(services = n, "catalog reloaded: {n} services");
@@ -80,11 +86,14 @@ where
         let mut safety_tick = tokio::time::interval(SAFETY_INTERVAL);
         safety_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut dirty_since: Option<tokio::time::Instant> = None;
+        let mut layers_since: Option<tokio::time::Instant> = None;
         loop {
             let until = dirty_since.map(|t| t + DEBOUNCE);
+            let layers_until = layers_since.map(|t| t + LAYERS_DEBOUNCE);
             let wake = tokio::select! {
                 c = intake.commands.recv() => c.map_or(Wake::Closed, Wake::Command),
                 () = intake.units_changed.notified() => Wake::UnitsChanged,
+                () = intake.layers_changed.notified() => Wake::LayersChanged,
                 Some(d) = intake.pulls.recv() => Wake::Pull(d),
                 Some(d) = intake.probes.recv() => Wake::Probe(d),
                 _ = health_tick.tick() => Wake::HealthTick,
@@ -96,6 +105,12 @@ where
                         None => std::future::pending().await,
                     }
                 } => Wake::Debounced,
+                () = async {
+                    match layers_until {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
+                    }
+                } => Wake::LayersSettled,
             };
             match wake {
                 Wake::Closed => break,
@@ -106,6 +121,20 @@ where
                 Wake::Debounced => {
                     dirty_since = None;
                     self.pass_and_refresh().await;
+                }
+                Wake::LayersChanged => {
+                    // Each write moves the window: the reload reads the files once they rest.
+                    layers_since = Some(tokio::time::Instant::now());
+                }
+                Wake::LayersSettled => {
+                    layers_since = None;
+                    let now = self.now();
+                    if let Some(r) = self.catalog.reload_if_changed(&self.edges.files, now).await {
+                        // A rejected change is logged and on display (`berth ls`, /metrics,
+                        // the push report); the pass shows it and changes nothing else.
+                        let _kept_last_good = self.reloaded(r);
+                        self.pass_and_refresh().await;
+                    }
                 }
                 Wake::Pull(d) => {
                     let now = self.now();
@@ -123,9 +152,10 @@ where
                 }
                 Wake::ProbeTick => self.start_probes(),
                 Wake::SafetyTick => {
-                    if self.catalog.changed_on_disk(self.paths.etc()).await {
+                    let now = self.now();
+                    if let Some(r) = self.catalog.reload_if_changed(&self.edges.files, now).await {
                         // Rejected changes are logged and on display; the pass runs anyway.
-                        let _kept_last_good = self.reload_catalog().await;
+                        let _kept_last_good = self.reloaded(r);
                     }
                     self.pass_and_refresh().await;
                 }
@@ -210,7 +240,7 @@ where
                 let now = self.now();
                 let r = self
                     .catalog
-                    .offer_remote(self.paths.etc(), &self.edges.files, source, now, dry_run)
+                    .offer_remote(&self.edges.files, source, now, dry_run)
                     .await;
                 let applied = r.is_ok() && !dry_run;
                 if applied {
@@ -224,6 +254,12 @@ where
             Command::RemoteSeen(info) => {
                 if self.remote_seen.as_ref() != Some(&info) {
                     self.remote_seen = Some(info);
+                    self.refresh_all().await;
+                }
+            }
+            Command::ConfigError(e) => {
+                if self.config_error != e {
+                    self.config_error = e;
                     self.refresh_all().await;
                 }
             }

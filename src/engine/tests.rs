@@ -75,6 +75,7 @@ impl Rig {
             unit_dir: home.join(".local/share/systemd/user"),
             runtime_dir: PathBuf::from("/run/user/1000/berth"),
             etc_dir: etc.path().to_path_buf(),
+            config_dir: etc.path().join("user"),
             home,
         };
         let files = MemFiles::new();
@@ -667,6 +668,230 @@ mod property {
             });
         }
     }
+}
+
+// ---- policy and live reload -----------------------------------------------------------------
+
+/// Rings the watcher's bell and waits until `f` holds for the engine's info (5 s real time).
+async fn after_change(h: &Handle, what: &str, f: impl Fn(&berth_proto::DaemonInfo) -> bool) {
+    h.layers_changed();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let info = h.info().await.expect("info");
+        if f(&info) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never {what}: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_required_service_runs_unasked_and_cannot_be_turned_off() {
+    let rig = Rig::new();
+    rig.catalog("a.toml", &service("a", 19001));
+    rig.policy("\nrequired_services = [\"a\"]\n");
+    let e = rig.start().await;
+    assert_eq!(
+        rig.systemd.active(&unit("a")),
+        "active",
+        "on without a choice"
+    );
+    let st = status(&e.handle, "a").await;
+    assert!(st.locked, "{st:?}");
+    assert_eq!(st.choice, Choice::On);
+    for verb in [Verb::Disable, Verb::Stop] {
+        match e.handle.act("a", verb).await {
+            Err(EngineError::Required { service, rule }) => {
+                assert_eq!(service, "a");
+                assert!(rule.ends_with("policy.toml:2)"), "{rule}");
+            }
+            other => panic!("{verb}: {other:?}"),
+        }
+    }
+    assert_eq!(rig.systemd.active(&unit("a")), "active");
+    e.handle
+        .act("a", Verb::Restart)
+        .await
+        .expect("a restart is fine");
+    e.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_image_cannot_be_enabled_and_says_which_rule() {
+    let rig = Rig::new();
+    rig.catalog("a.toml", &service("a", 19001));
+    rig.policy("allowed_images = [\"registry.corp/*\"]\n");
+    let e = rig.start().await;
+    let err = e.handle.act("a", Verb::Enable).await.expect_err("refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("image localhost/berth-demo:1 is not allowed by policy rule `allowed_images`")
+            && msg.contains("policy.toml:1)"),
+        "{msg}"
+    );
+    let st = status(&e.handle, "a").await;
+    assert_eq!(st.state, State::Off);
+    assert!(st.reason.unwrap_or_default().starts_with("refused: image"));
+    assert_eq!(rig.systemd.calls(), []);
+    e.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_service_that_runs_is_stopped_when_the_policy_changes() {
+    let rig = Rig::new();
+    rig.catalog("a.toml", &service("a", 19001));
+    rig.choose(&["a"]);
+    let e = rig.start().await;
+    assert_eq!(rig.systemd.active(&unit("a")), "active");
+    rig.policy("allowed_images = [\"registry.corp/*\"]\n");
+    after_change(&e.handle, "reloaded", |i| {
+        i.catalog_serial.len() == 16 && i.catalog_error.is_none()
+    })
+    .await;
+    let st = until(&e.handle, "a", "off", |s| s.state == State::Off).await;
+    assert!(st.reason.unwrap_or_default().contains("allowed_images"));
+    assert_ne!(rig.systemd.active(&unit("a")), "active");
+    e.stop().await;
+}
+
+#[tokio::test]
+async fn the_per_user_ceiling_refuses_the_service_that_would_pass_it() {
+    let rig = Rig::new();
+    rig.catalog("a.toml", &service("a", 19001));
+    rig.catalog("b.toml", &service("b", 19002));
+    rig.policy("[limits]\ncontainer_memory = \"1g\"\nuser_memory = \"1536m\"\n");
+    let e = rig.start().await;
+    e.handle.act("a", Verb::Enable).await.expect("1g fits");
+    let err = e
+        .handle
+        .act("b", Verb::Enable)
+        .await
+        .expect_err("2g does not");
+    assert!(err.to_string().contains("limits.user_memory"), "{err}");
+    assert!(
+        rig.files
+            .text(rig.paths.unit_dir.join(unit("a")))
+            .is_some_and(|u| u.contains("--memory=1g")),
+        "the ceiling is the container's limit"
+    );
+    e.handle.act("a", Verb::Disable).await.expect("off");
+    e.handle.act("b", Verb::Enable).await.expect("room again");
+    e.stop().await;
+}
+
+#[tokio::test]
+async fn a_changed_layer_is_applied_live_and_only_its_service_restarts() {
+    let rig = Rig::new();
+    rig.catalog("a.toml", &service("a", 19001));
+    rig.catalog("b.toml", &service("b", 19002));
+    rig.choose(&["a", "b", "c"]);
+    let e = rig.start().await;
+    let serial = e.handle.info().await.expect("info").catalog_serial;
+    rig.systemd.clear_calls();
+
+    // Changed: b's environment (its unit changes) and a's stable port (the proxy's business:
+    // a's unit stays the same); added: c. Nothing is asked of the engine but the bell.
+    rig.catalog(
+        "b.toml",
+        &service("b", 19002).replace("image = ", "env = { MODE = \"fast\" }\nimage = "),
+    );
+    rig.catalog("a.toml", &service("a", 19009));
+    rig.catalog("c.toml", &service("c", 19004));
+    after_change(&e.handle, "reloaded", |i| i.catalog_serial != serial).await;
+    until(&e.handle, "c", "running", |s| s.state == State::Running).await;
+    let calls = rig.systemd.calls();
+    assert!(calls.contains(&Call::Restart(unit("b"))), "{calls:?}");
+    assert!(calls.contains(&Call::Start(unit("c"))), "{calls:?}");
+    assert!(
+        !calls.iter().any(
+            |c| matches!(c, Call::Restart(u) | Call::Start(u) | Call::Stop(u) if u == &unit("a"))
+        ),
+        "a is untouched: {calls:?}"
+    );
+
+    // Removed: c goes with its file.
+    std::fs::remove_file(rig.paths.etc_dir.join("catalog.d/c.toml")).expect("rm");
+    let serial = e.handle.info().await.expect("info").catalog_serial;
+    after_change(&e.handle, "reloaded", |i| i.catalog_serial != serial).await;
+    assert!(matches!(
+        e.handle.status(Some("c")).await,
+        Err(EngineError::UnknownService(_))
+    ));
+    assert_ne!(rig.systemd.active(&unit("c")), "active");
+    e.stop().await;
+}
+
+#[tokio::test]
+async fn a_broken_change_is_reported_and_changes_nothing_and_a_bell_without_a_change_does_nothing()
+{
+    let rig = Rig::new();
+    rig.catalog("a.toml", &service("a", 19001));
+    rig.choose(&["a"]);
+    let e = rig.start().await;
+    // The loop's first ticks come at once; then it is quiet.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let passes = e.handle.info().await.expect("info").counters.passes;
+    e.handle.layers_changed();
+    tokio::time::sleep(super::run::LAYERS_DEBOUNCE * 3).await;
+    assert_eq!(
+        e.handle.info().await.expect("info").counters.passes,
+        passes,
+        "nothing changed on disk: no reload, no pass"
+    );
+    rig.systemd.clear_calls();
+    rig.catalog(
+        "a.toml",
+        &service("a", 19001).replace("host = 19001", "host = 80"),
+    );
+    after_change(&e.handle, "rejected", |i| i.catalog_error.is_some()).await;
+    let info = e.handle.info().await.expect("info");
+    let err = info.catalog_error.unwrap_or_default();
+    assert!(
+        err.contains("a.toml:10:8: containers[0].ports[0].host"),
+        "{err}"
+    );
+    assert_eq!(
+        rig.systemd.calls(),
+        [],
+        "the last good catalog keeps running"
+    );
+    assert_eq!(rig.systemd.active(&unit("a")), "active");
+    rig.catalog("a.toml", &service("a", 19001));
+    after_change(&e.handle, "fixed", |i| i.catalog_error.is_none()).await;
+    assert_eq!(
+        rig.systemd.calls(),
+        [],
+        "the fixed file renders the same units"
+    );
+    e.stop().await;
+}
+
+#[tokio::test]
+async fn a_user_catalog_counts_only_where_policy_allows() {
+    let rig = Rig::new();
+    let user = rig.paths.config_dir.join("catalog.d");
+    std::fs::create_dir_all(&user).expect("user dir");
+    std::fs::write(user.join("mine.toml"), service("mine", 19005)).expect("write");
+    let e = rig.start().await;
+    assert!(
+        matches!(
+            e.handle.status(Some("mine")).await,
+            Err(EngineError::UnknownService(_))
+        ),
+        "not allowed by default"
+    );
+    let serial = e.handle.info().await.expect("info").catalog_serial;
+    rig.policy("user_catalogs = true\n");
+    after_change(&e.handle, "allowed", |i| i.catalog_serial != serial).await;
+    let st = until(&e.handle, "mine", "listed", |_| true).await;
+    assert_eq!(st.state, State::Off);
+    e.handle.act("mine", Verb::Enable).await.expect("enable");
+    assert_eq!(rig.systemd.active(&unit("mine")), "active");
+    e.stop().await;
 }
 
 /// `services` as a remote catalog with `serial`.

@@ -96,6 +96,11 @@ fn one(
             _ => {}
         }
     }
+    if state == State::Off {
+        if let Some(why) = &svc.refused {
+            reason = Some(format!("refused: {why}"));
+        }
+    }
     let mut failure = (state == State::Failed).then_some(Failure::Unit);
     let on_demand_idle = svc.on_demand
         && choice == Choice::On
@@ -177,7 +182,7 @@ fn one(
         restarts,
         since: None,
         probe,
-        locked: false,
+        locked: f.catalog.policy.is_required(name),
         note: (svc.gpu == crate::catalog::Gpu::Optional && !f.gpu_available)
             .then(|| "runs on CPU: no GPU found (see `berth info`)".to_string()),
     }

@@ -117,6 +117,9 @@ pub struct Berth {
     /// What runs while `catalog_error` is set.
     #[serde(default)]
     pub catalog_in_force: Option<String>,
+    /// Set while config.toml was changed into something that does not validate.
+    #[serde(default)]
+    pub config_error: Option<String>,
     /// Set while Podman's API does not answer the daemon.
     #[serde(default)]
     pub podman_error: Option<String>,
@@ -186,6 +189,7 @@ impl Report {
                 catalog_serial: snap.daemon.catalog_serial.clone(),
                 catalog_error: snap.daemon.catalog_error.clone(),
                 catalog_in_force: snap.daemon.catalog_in_force.clone(),
+                config_error: snap.daemon.config_error.clone(),
                 podman_error: snap.daemon.podman_error.clone(),
                 gpus: snap.daemon.gpus.clone(),
                 remote_catalog_serial: snap.daemon.remote_catalog.as_ref().and_then(|r| r.serial),
@@ -330,6 +334,7 @@ pub(crate) mod tests {
                 catalog_serial: "00000000deadbeef".into(),
                 catalog_error: None,
                 catalog_in_force: None,
+                config_error: None,
                 podman_error: None,
                 web_url: None,
                 web_error: None,
@@ -407,6 +412,7 @@ pub(crate) mod tests {
                 "catalog_serial": "00000000deadbeef",
                 "catalog_error": null,
                 "catalog_in_force": null,
+                "config_error": null,
                 "podman_error": null,
                 "gpus": []
             },

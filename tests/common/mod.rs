@@ -226,6 +226,7 @@ impl World {
         c.args(args)
             .env("BERTH_ETC_DIR", self.etc())
             .env("XDG_STATE_HOME", self.dir.path().join("state"))
+            .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
             .env("BERTH_SOCKET", self.socket())
             .stdin(Stdio::null());
         c
@@ -456,9 +457,10 @@ impl DaemonUnit {
             .replace(
                 "Environment=BERTH_LOG=info",
                 &format!(
-                    "Environment=BERTH_LOG=info BERTH_ETC_DIR={} XDG_STATE_HOME={} BERTH_SOCKET={}",
+                    "Environment=BERTH_LOG=info BERTH_ETC_DIR={} XDG_STATE_HOME={} XDG_CONFIG_HOME={} BERTH_SOCKET={}",
                     path_str(&w.etc()),
                     path_str(&w.dir.path().join("state")),
+                    path_str(&w.dir.path().join("config")),
                     path_str(&w.socket())
                 ),
             );

@@ -254,6 +254,10 @@ pub struct DaemonInfo {
     /// that validates without the broken files.
     #[serde(default)]
     pub catalog_in_force: Option<String>,
+    /// Set while `/etc/berth/config.toml` was changed into something that does not validate
+    /// (file:line); the daemon keeps the settings it started with.
+    #[serde(default)]
+    pub config_error: Option<String>,
     /// Set while Podman's API is unreachable (services keep running; container details in the
     /// states may be old).
     #[serde(default)]
@@ -549,6 +553,7 @@ mod tests {
             catalog_serial: String::new(),
             catalog_error: None,
             catalog_in_force: None,
+            config_error: None,
             podman_error: None,
             web_url: None,
             web_error: None,

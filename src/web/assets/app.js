@@ -95,6 +95,7 @@ function renderCard(st) {
   const toggle = $(".toggle", c);
   toggle.checked = on;
   toggle.disabled = !!st.locked;
+  toggle.closest(".switch").title = st.locked ? "required by your administrator's policy: it stays on" : "on or off";
   $(".toggle-text", c).textContent = st.locked ? "required by your administrator" : on ? "on" : "off";
   $(".restart", c).disabled = !on;
   $(".retry", c).hidden = st.state !== "failed";
