@@ -964,8 +964,9 @@ fn render(out: &Path, names: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn validate(paths: &[PathBuf], alone: bool) -> Result<()> {
-    let mut layers = if alone {
+/// The layers files are validated over: none with `alone`, else the built-in and admin ones.
+fn validation_layers(alone: bool) -> Result<Layers> {
+    Ok(if alone {
         Layers {
             builtin: false,
             policy: None,
@@ -975,7 +976,11 @@ fn validate(paths: &[PathBuf], alone: bool) -> Result<()> {
         }
     } else {
         Layers::standard(&etc_dir())?
-    };
+    })
+}
+
+fn validate(paths: &[PathBuf], alone: bool) -> Result<()> {
+    let mut layers = validation_layers(alone)?;
     // The given files come last, so they replace same-named services of the other layers.
     layers
         .files
@@ -1003,17 +1008,7 @@ fn validate_remote(paths: &[PathBuf], alone: bool) -> Result<()> {
     let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
     let src = catalog::Source::new(catalog::remote::source_path(&path.to_string_lossy()), text);
     let header = catalog::remote::header(&src).map_err(catalog::CatalogError::Invalid)?;
-    let layers = if alone {
-        Layers {
-            builtin: false,
-            policy: None,
-            files: Vec::new(),
-            remote: Vec::new(),
-            user: Vec::new(),
-        }
-    } else {
-        Layers::standard(&etc_dir())?
-    };
+    let layers = validation_layers(alone)?;
     let mut read = catalog::read_layers(&layers);
     if !read.unreadable.is_empty() {
         return Err(catalog::CatalogError::Invalid(read.unreadable).into());
