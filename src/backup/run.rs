@@ -376,13 +376,13 @@ pub async fn restore(
         )
         .context("restore the service's secrets")?;
     }
+    // Restored into the volumes today's entry names (the same unless one was renamed).
+    let (named, _) = volumes_of(svc);
     for v in &m.volumes {
-        // Restored into the volume today's entry names (the same unless it was renamed).
-        let podman = volumes_of(svc)
-            .0
-            .into_iter()
+        let podman = named
+            .iter()
             .find(|(n, _)| *n == v.name)
-            .map_or_else(|| v.podman.clone(), |(_, p)| p);
+            .map_or_else(|| v.podman.clone(), |(_, p)| p.clone());
         let mp = match io.mountpoint(&podman).await? {
             Some(mp) => mp,
             None => {

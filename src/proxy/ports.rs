@@ -333,10 +333,22 @@ fn fd_name(port: u16) -> String {
 
 /// Binds `127.0.0.1:port` with a deep backlog.
 fn bind(port: u16) -> std::io::Result<TcpListener> {
-    let s = TcpSocket::new_v4()?;
+    listen(TcpSocket::new_v4()?, port)
+}
+
+/// Makes `s` a listener on `127.0.0.1:port` of the namespace it was created in, with a deep
+/// backlog.
+pub(super) fn listen(s: TcpSocket, port: u16) -> std::io::Result<TcpListener> {
     s.set_reuseaddr(true)?;
     s.bind(SocketAddr::from(([127, 0, 0, 1], port)))?;
     s.listen(1024)
+}
+
+/// A listener handed back by systemd's file descriptor store.
+pub(super) fn adopt(fd: OwnedFd) -> std::io::Result<TcpListener> {
+    let l = std::net::TcpListener::from(fd);
+    l.set_nonblocking(true)?;
+    TcpListener::from_std(l)
 }
 
 /// A service's container port as last resolved.
@@ -481,10 +493,8 @@ fn listener_for(
     inherited: &mut BTreeMap<String, OwnedFd>,
 ) -> std::io::Result<TcpListener> {
     if let Some(fd) = inherited.remove(&fd_name(port)) {
-        let std_listener = std::net::TcpListener::from(fd);
-        std_listener.set_nonblocking(true)?;
         debug!(port, "listener taken over from systemd's store");
-        return TcpListener::from_std(std_listener);
+        return adopt(fd);
     }
     let l = bind(port)?;
     match crate::sys::fd_store(&fd_name(port), &[l.as_fd()]) {

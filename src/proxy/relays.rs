@@ -22,7 +22,6 @@
 //! consumer is no longer enabled, and are made anew for a new pod.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::os::fd::{AsFd as _, OwnedFd};
 use std::os::unix::fs::MetadataExt as _;
 use std::sync::Arc;
@@ -339,7 +338,7 @@ impl<P: Podman + Clone + 'static, E: Engine> Relays<P, E> {
         helper: &mut Option<Arc<Netns>>,
     ) -> Result<TcpListener, String> {
         if let Some(fd) = self.inherited.remove(name) {
-            return adopt(fd).map_err(|e| format!("cannot take back {name}: {e}"));
+            return ports::adopt(fd).map_err(|e| format!("cannot take back {name}: {e}"));
         }
         let ns = match helper {
             Some(h) => h.clone(),
@@ -361,18 +360,9 @@ impl<P: Podman + Clone + 'static, E: Engine> Relays<P, E> {
     }
 }
 
-fn adopt(fd: OwnedFd) -> std::io::Result<TcpListener> {
-    let l = std::net::TcpListener::from(fd);
-    l.set_nonblocking(true)?;
-    TcpListener::from_std(l)
-}
-
 /// A listener on `127.0.0.1:port` of the namespace the helper serves.
 async fn listen_inside(ns: &Netns, port: u16) -> std::io::Result<TcpListener> {
-    let s = ns.socket().await?;
-    s.set_reuseaddr(true)?;
-    s.bind(SocketAddr::from(([127, 0, 0, 1], port)))?;
-    s.listen(1024)
+    ports::listen(ns.socket().await?, port)
 }
 
 /// Sends `(consumer, pid)` when process `pid` exits.
