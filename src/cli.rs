@@ -371,6 +371,16 @@ pub async fn run(cli: Cli) -> Result<()> {
                 if i.gpus.is_empty() {
                     println!("gpus: none (services that can use one run on CPU)");
                 }
+                for r in &i.remote_services {
+                    let how = match (r.up, &r.error) {
+                        (None, _) => "not checked yet".to_string(),
+                        (Some(true), _) => "answers".to_string(),
+                        (Some(false), e) => {
+                            format!("does not answer: {}", e.as_deref().unwrap_or("no answer"))
+                        }
+                    };
+                    println!("remote service: {} at {} ({how})", r.name, r.url);
+                }
                 for g in &i.gpus {
                     let mem = g
                         .memory_mib

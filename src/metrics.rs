@@ -357,6 +357,25 @@ fn registry(snap: &Snapshot) -> Registry {
         ),
     );
 
+    r.register(
+        "berth_remote_service_up",
+        "Whether each service the cloud provides (the policy's [remote_services]) answered its \
+         last health check: 1 yes, 0 no; absent before the first check",
+        Gauges(
+            d.remote_services
+                .iter()
+                .filter_map(|rs| {
+                    rs.up.map(|up| {
+                        (
+                            vec![("service", rs.name.clone()), ("url", rs.url.clone())],
+                            i64::from(up),
+                        )
+                    })
+                })
+                .collect(),
+        ),
+    );
+
     // prometheus-client has no state set type, and an OpenMetrics state set would name its
     // label after the metric. A gauge family with a `state` label and exactly one 1 per service
     // is the shape Prometheus users query (`berth_service_state{state="failed"} == 1`).
@@ -895,6 +914,7 @@ mod tests {
                 web_error: None,
                 gpus: Vec::new(),
                 remote_catalog: None,
+                remote_services: Vec::new(),
                 counters: Counters {
                     passes: 7,
                     systemd_writes: 3,

@@ -477,6 +477,7 @@ mod tests {
                 web_error: None,
                 gpus: Vec::new(),
                 remote_catalog: None,
+                remote_services: Vec::new(),
                 counters: Counters::default(),
             },
             services: services

@@ -319,3 +319,172 @@ fn a_consumers_requests_during_a_restart_of_berth_under_systemd_are_served() {
     let _ = w.berth(&["disable", "it-lh-rs-client"]);
     let _ = w.berth(&["disable", "it-lh-rs-api"]);
 }
+
+/// A stand-in for the cloud's Ollama on the host's loopback: answers `GET …` with 200 until
+/// stopped; counts the requests.
+struct CloudServer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl CloudServer {
+    fn start(port: u16) -> CloudServer {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let l =
+            std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind the cloud's stand-in");
+        l.set_nonblocking(true).expect("nonblocking");
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let hits = std::sync::Arc::new(AtomicUsize::new(0));
+        let (st, h) = (stop.clone(), hits.clone());
+        let thread = std::thread::spawn(move || {
+            while !st.load(Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((mut s, _)) => {
+                        let _blocking = s.set_nonblocking(false);
+                        let _bounded = s.set_read_timeout(Some(Duration::from_secs(2)));
+                        let mut buf = [0u8; 1024];
+                        let n = s.read(&mut buf).unwrap_or(0);
+                        if buf[..n].starts_with(b"GET /api/version ") {
+                            h.fetch_add(1, Ordering::SeqCst);
+                        }
+                        let _client_may_be_gone = s.write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\nConnection: close\r\n\r\n{\"version\":\"0.21.0\"}",
+                        );
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        CloudServer {
+            stop,
+            hits,
+            thread: Some(thread),
+        }
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for CloudServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _stopped = t.join();
+        }
+    }
+}
+
+/// `berth info`'s entry for a service the cloud provides.
+fn remote_info(w: &World, name: &str) -> serde_json::Value {
+    w.info()["remote_services"]
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["name"] == name).cloned())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+#[test]
+fn a_service_the_cloud_provides_is_given_to_consumers_by_its_url_and_checked() {
+    let Some(_serial) = session("localhost_remote_service") else {
+        return;
+    };
+    let cloud_port = 18267;
+    let mut w = World::new(&["it-lh-llm", "it-lh-chat"]);
+    std::fs::write(
+        w.etc().join("policy.toml"),
+        format!(
+            "[remote_services.it-lh-llm]\nurl = \"http://127.0.0.1:{cloud_port}/\"\nhealth_path = \"/api/version\"\ncheck_interval = \"1s\"\n"
+        ),
+    )
+    .expect("policy");
+    w.catalog_file("it-lh-llm.toml", &web_service("it-lh-llm", 18268));
+    w.catalog_file(
+        "it-lh-chat.toml",
+        &consumer(
+            "it-lh-chat",
+            &["it-lh-llm"],
+            "${service.it-lh-llm.url}/api/version",
+        ),
+    );
+    let cloud = CloudServer::start(cloud_port);
+    w.start_daemon();
+
+    // The local entry is not offered while the cloud provides it.
+    let o = w.berth(&["enable", "it-lh-llm"]);
+    assert!(!o.status.success(), "enabling the local one is refused");
+    let said = text(&o);
+    assert!(
+        said.contains(&format!(
+            "provided by the cloud at http://127.0.0.1:{cloud_port}"
+        )) && said.contains("remote_services.it-lh-llm"),
+        "{said}"
+    );
+
+    w.ok(&["enable", "it-lh-chat"]);
+    let env = exec_sh(&app("it-lh-chat"), "echo $TARGET");
+    assert_eq!(
+        String::from_utf8_lossy(&env.stdout).trim(),
+        format!("http://127.0.0.1:{cloud_port}/api/version"),
+        "the consumer got the cloud's URL"
+    );
+    assert!(
+        !reaches(&app("it-lh-chat"), "127.0.0.1", 18268),
+        "no relay for a service the cloud provides"
+    );
+
+    let up = wait_for(Duration::from_secs(15), || {
+        let r = remote_info(&w, "it-lh-llm");
+        (r["up"] == true).then_some(r)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the cloud's service is checked and up: {}",
+            remote_info(&w, "it-lh-llm")
+        )
+    });
+    assert_eq!(up["url"], format!("http://127.0.0.1:{cloud_port}"));
+    assert!(cloud.hits() >= 1, "berth asked GET /api/version");
+    let series = format!(
+        "berth_remote_service_up{{service=\"it-lh-llm\",url=\"http://127.0.0.1:{cloud_port}\"}}"
+    );
+    assert_eq!(metric(&w.metrics(), &series), Some(1), "{series}");
+    assert_eq!(w.status("it-lh-chat")["note"], serde_json::Value::Null);
+
+    // The cloud's service goes away: reported, the consumer keeps running with a note.
+    drop(cloud);
+    let down = wait_for(Duration::from_secs(20), || {
+        let r = remote_info(&w, "it-lh-llm");
+        (r["up"] == false).then_some(r)
+    })
+    .unwrap_or_else(|| panic!("the outage is seen: {}", remote_info(&w, "it-lh-llm")));
+    assert!(
+        down["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{down}"
+    );
+    assert_eq!(metric(&w.metrics(), &series), Some(0), "{series}");
+    let st = w.status("it-lh-chat");
+    assert_eq!(
+        st["state"], "running",
+        "the consumer itself is not touched: {st}"
+    );
+    assert!(
+        st["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("the cloud's it-lh-llm") && n.contains("does not answer")),
+        "{st}"
+    );
+
+    // Back: up again, the note gone.
+    let cloud = CloudServer::start(cloud_port);
+    wait_for(Duration::from_secs(20), || {
+        (remote_info(&w, "it-lh-llm")["up"] == true).then_some(())
+    })
+    .expect("up again once it answers");
+    wait_for(Duration::from_secs(10), || {
+        (w.status("it-lh-chat")["note"].is_null()).then_some(())
+    })
+    .expect("the consumer's note goes with the outage");
+    drop(cloud);
+}

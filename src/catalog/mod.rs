@@ -523,7 +523,7 @@ pub fn from_sources(
         validate::across(&services, &spans, &order, &mut diags);
     }
     if diags.is_empty() {
-        validate::resolve_service_refs(&mut services, &mut diags);
+        validate::resolve_service_refs(&mut services, &policy.remote_services, &mut diags);
     }
     if diags.is_empty() {
         policy::apply(&mut services, &policy, policy_src, &mut diags);
@@ -534,6 +534,12 @@ pub fn from_sources(
         .map(|n| (n, "denied_services"))
         .chain(
             policy
+                .remote_services
+                .keys()
+                .map(|n| (n, "remote_services")),
+        )
+        .chain(
+            policy
                 .default_enabled
                 .iter()
                 .map(|n| (n, "default_enabled")),
@@ -541,12 +547,17 @@ pub fn from_sources(
     {
         if !services.contains_key(name) && diags.is_empty() {
             if let Some(src) = policy_src {
-                let line = policy.rules.get(field).map_or(0, |l| l.line);
+                let rule = if field == "remote_services" {
+                    format!("remote_services.{name}")
+                } else {
+                    field.to_string()
+                };
+                let line = policy.rules.get(&rule).map_or(0, |l| l.line);
                 diags.push(Diagnostic {
                     file: src.path.clone(),
                     line,
                     col: usize::from(line > 0),
-                    field: field.into(),
+                    field: rule,
                     message: format!("unknown service {name:?}"),
                 });
             }

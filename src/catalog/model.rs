@@ -289,6 +289,20 @@ pub struct Policy {
     pub limits: Limits,
     /// Where each rule is written, by its name (`allowed_images`, `limits.user_memory`…).
     pub rules: BTreeMap<String, RuleLoc>,
+    /// Services the cloud provides, by name: their consumers get the URL, and the local
+    /// entry of the same name is not offered.
+    pub remote_services: BTreeMap<String, RemoteService>,
+}
+
+/// A service the cloud provides (`[remote_services.NAME]` of the policy).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RemoteService {
+    /// Without a trailing `/`: what `${service.NAME.url}` becomes.
+    pub url: String,
+    /// What the health check asks for.
+    pub health_url: String,
+    pub check_interval: Duration,
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for Policy {
@@ -305,6 +319,7 @@ impl Default for Policy {
             user_catalogs: false,
             limits: Limits::default(),
             rules: BTreeMap::new(),
+            remote_services: BTreeMap::new(),
         }
     }
 }

@@ -42,7 +42,13 @@ pub fn apply(
             .images()
             .find(|i| !policy.image_allowed(i))
             .map(str::to_string);
-        if policy.is_denied(&svc.name) {
+        if let Some(r) = policy.remote_services.get(&svc.name) {
+            svc.refused = Some(format!(
+                "provided by the cloud at {} ({})",
+                r.url,
+                policy.rule(&format!("remote_services.{}", svc.name))
+            ));
+        } else if policy.is_denied(&svc.name) {
             svc.refused = Some(format!("denied by {}", policy.rule("denied_services")));
         } else if let Some(bad) = bad_image {
             svc.refused = Some(format!(

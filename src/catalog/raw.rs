@@ -151,6 +151,23 @@ pub struct RawPolicy {
     /// Whether the user's own `~/.config/berth/catalog.d` is read (default false).
     pub user_catalogs: Option<Spanned<bool>>,
     pub limits: Option<Spanned<RawLimits>>,
+    /// Services the cloud provides instead of a local container, by service name.
+    #[serde(default)]
+    pub remote_services: BTreeMap<String, Spanned<RawRemoteService>>,
+}
+
+/// `[remote_services.NAME]` of the policy.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRemoteService {
+    pub url: Spanned<String>,
+    /// Path asked for by the health check (default `/`).
+    pub health_path: Option<Spanned<String>>,
+    /// How often it is checked (default 30s).
+    pub check_interval: Option<Spanned<String>>,
+    /// A PEM file with the CA that signed the service's certificate (a private CA of the
+    /// cloud); without it the system's CA store.
+    pub ca_file: Option<Spanned<String>>,
 }
 
 /// `[limits]` of the policy: resource ceilings.

@@ -1004,8 +1004,116 @@ fn the_example_policy_validates_against_the_built_in_catalog() {
     assert!(c.policy.is_required("demo"));
     assert!(c.get("openproject").expect("built-in").on_demand);
     assert!(c.get("gitlab-ce").expect("built-in").refused.is_some());
+    assert!(c
+        .get("ollama")
+        .expect("built-in")
+        .refused
+        .as_deref()
+        .is_some_and(|r| r.starts_with("provided by the cloud")));
+    assert_eq!(
+        c.get("open-webui").expect("built-in").containers[0].env["OLLAMA_BASE_URL"],
+        "https://ollama.gpu.cloud.example"
+    );
     assert!(c.services.values().all(|s| s
         .containers
         .iter()
         .all(|k| k.memory.is_some_and(|m| m <= 8 << 30))));
+}
+
+// ---- services the cloud provides ---------------------------------------------------------
+
+fn api_and_client() -> Vec<Source> {
+    let api = GOOD.replace("\"web\"", "\"api\"").replace("18081", "18090");
+    let client = GOOD
+        .replace("name = \"web\"", "name = \"client\"\nuses = [\"api\"]")
+        .replace(
+            "A = \"1\"",
+            "A = \"${service.api.url}/v1\", B = \"${service.api.http.url}\"",
+        )
+        .replace("18081", "18091");
+    vec![
+        Source::new("a/api.toml", api),
+        Source::new("c/client.toml", client),
+    ]
+}
+
+#[test]
+fn a_remote_service_gives_its_consumers_the_clouds_url_and_is_not_offered_locally() {
+    let policy = "# the GPU nodes\n[remote_services.api]\nurl = \"https://llm.cloud.example/ollama/\"\nhealth_path = \"/api/version\"\n";
+    let c = with_policy(policy, &api_and_client()).expect("valid");
+    let env = &c.get("client").expect("client").containers[0].env;
+    assert_eq!(env["A"], "https://llm.cloud.example/ollama/v1");
+    assert_eq!(env["B"], "https://llm.cloud.example/ollama");
+    let r = &c.policy.remote_services["api"];
+    assert_eq!(r.health_url, "https://llm.cloud.example/ollama/api/version");
+    assert_eq!(r.check_interval, validate::REMOTE_CHECK_INTERVAL);
+    let why = c
+        .get("api")
+        .expect("kept")
+        .refused
+        .clone()
+        .expect("refused");
+    assert_eq!(
+        why,
+        "provided by the cloud at https://llm.cloud.example/ollama (policy rule `remote_services.api` (/etc/berth/policy.toml:2))"
+    );
+    assert_eq!(c.get("client").expect("client").refused, None);
+}
+
+#[test]
+fn remote_service_entries_are_checked_with_their_line() {
+    let cases = [
+        (
+            "[remote_services.api]\nurl = \"https://user:pw@llm.example\"\n",
+            2,
+            "remote_services.api.url",
+            "carries credentials",
+        ),
+        (
+            "[remote_services.api]\nurl = \"ftp://llm.example\"\n",
+            2,
+            "remote_services.api.url",
+            "must start with https:// or http://",
+        ),
+        (
+            "[remote_services.api]\nurl = \"https://llm.example\"\nhealth_path = \"api\"\n",
+            3,
+            "remote_services.api.health_path",
+            "must be a path starting with /",
+        ),
+        (
+            "[remote_services.api]\nurl = \"https://llm.example\"\ncheck_interval = \"10\"\n",
+            3,
+            "remote_services.api.check_interval",
+            "",
+        ),
+        (
+            "\n[remote_services.nosuch]\nurl = \"https://llm.example\"\n",
+            2,
+            "remote_services.nosuch",
+            "unknown service \"nosuch\"",
+        ),
+        (
+            "required_services = [\"api\"]\n[remote_services.api]\nurl = \"https://llm.example\"\n",
+            2,
+            "remote_services.api",
+            "also in required_services",
+        ),
+        (
+            "[remote_services.api]\nurl = \"https://llm.example\"\ntoken = \"x\"\n",
+            3,
+            "",
+            "token",
+        ),
+    ];
+    for (policy, line, field, text) in cases {
+        let e = with_policy(policy, &api_and_client()).expect_err(policy);
+        let d = &e.diagnostics()[0];
+        assert_eq!(d.file, PathBuf::from(POLICY), "{policy}: {e}");
+        assert_eq!(d.line, line, "{policy}: {e}");
+        if !field.is_empty() {
+            assert_eq!(d.field, field, "{policy}: {e}");
+        }
+        assert!(e.to_string().contains(text), "{policy}: {e}");
+    }
 }

@@ -1103,9 +1103,14 @@ pub const USED_SERVICE_HOST: &str = "127.0.0.1";
 const SERVICE_PREFIX: &str = "${service.";
 
 /// Replaces `${service.NAME.url}` (the service's first port) and `${service.NAME.PORT.url}` in
-/// env values with the stable URL of that service as a container reaches it. The service
-/// must be listed in `uses`.
-pub fn resolve_service_refs(services: &mut BTreeMap<String, Service>, diags: &mut Vec<Diagnostic>) {
+/// env values with the stable URL of that service as a container reaches it, or with the
+/// cloud's URL for a service in `remote` (the policy's `[remote_services]`). The service must
+/// be listed in `uses`.
+pub fn resolve_service_refs(
+    services: &mut BTreeMap<String, Service>,
+    remote: &BTreeMap<String, super::model::RemoteService>,
+    diags: &mut Vec<Diagnostic>,
+) {
     let ports: BTreeMap<String, Vec<(String, u16)>> = services
         .iter()
         .map(|(n, s)| {
@@ -1146,7 +1151,16 @@ pub fn resolve_service_refs(services: &mut BTreeMap<String, Service>, diags: &mu
                             .ok_or(format!("service {other:?} has no port named {port:?}")),
                         _ => Err(format!("${{service.{}}} is not a known reference (use ${{service.NAME.url}} or ${{service.NAME.PORT.url}})", &after[..end])),
                     };
+                    let cloud = match parts.as_slice() {
+                        [other, "url"] | [other, _, "url"] if resolved.is_ok() => {
+                            remote.get(*other)
+                        }
+                        _ => None,
+                    };
                     match resolved {
+                        Ok(_) if cloud.is_some() => {
+                            out.push_str(&cloud.map_or_else(String::new, |r| r.url.clone()))
+                        }
                         Ok(port) => out.push_str(&format!("http://{USED_SERVICE_HOST}:{port}")),
                         Err(e) => diags.push(Diagnostic::at(
                             None,
@@ -1373,7 +1387,117 @@ pub fn policy(src: &Source, raw: RawPolicy, diags: &mut Vec<Diagnostic>) -> Poli
             }
         }
     }
+    for (name, entry) in &raw.remote_services {
+        let field = format!("remote_services.{name}");
+        let line = cx.src.line_col(entry.span().start).0;
+        p.rules.insert(
+            field.clone(),
+            super::model::RuleLoc {
+                file: cx.src.path.clone(),
+                line,
+            },
+        );
+        if !valid_name(name) {
+            cx.err(
+                span_of(entry),
+                &field,
+                format!("{name:?} is not a service name"),
+            );
+            continue;
+        }
+        let r = entry.get_ref();
+        let url = match remote_url(r.url.get_ref()) {
+            Ok(u) => u,
+            Err(e) => {
+                cx.err(span_of(&r.url), format!("{field}.url"), e);
+                continue;
+            }
+        };
+        let path = r.health_path.as_ref().map_or("/", |h| h.get_ref().as_str());
+        if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            let span = r.health_path.as_ref().and_then(span_of);
+            cx.err(
+                span,
+                format!("{field}.health_path"),
+                format!("{path:?} must be a path starting with /"),
+            );
+            continue;
+        }
+        let check_interval = duration(
+            &mut cx,
+            &r.check_interval,
+            &format!("{field}.check_interval"),
+            REMOTE_CHECK_INTERVAL,
+        );
+        if check_interval < Duration::from_secs(1) {
+            let span = r.check_interval.as_ref().and_then(span_of);
+            cx.err(
+                span,
+                format!("{field}.check_interval"),
+                "must be at least 1s",
+            );
+        }
+        let ca_file = match &r.ca_file {
+            Some(c) if !normal_absolute(c.get_ref()) => {
+                cx.err(
+                    span_of(c),
+                    format!("{field}.ca_file"),
+                    format!("{:?} must be an absolute path", c.get_ref()),
+                );
+                continue;
+            }
+            Some(c) => Some(PathBuf::from(c.get_ref())),
+            None => None,
+        };
+        if p.required_services.contains(name) {
+            cx.err(
+                span_of(entry),
+                &field,
+                format!("{name:?} is also in required_services: a service the cloud provides does not run here"),
+            );
+        }
+        let health_url = format!("{url}{path}");
+        p.remote_services.insert(
+            name.clone(),
+            super::model::RemoteService {
+                url,
+                health_url,
+                check_interval,
+                ca_file,
+            },
+        );
+    }
     p
+}
+
+/// How often a service the cloud provides is checked when its entry does not say.
+pub const REMOTE_CHECK_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The base URL of a service the cloud provides, without a trailing `/`: `http` or `https`, a
+/// host, no credentials (they would end up in containers' environments and `berth catalog
+/// show`), no query or fragment.
+fn remote_url(u: &str) -> Result<String, String> {
+    let rest = u
+        .strip_prefix("https://")
+        .or_else(|| u.strip_prefix("http://"))
+        .ok_or_else(|| format!("{u:?} must start with https:// or http://"))?;
+    let authority = rest.split('/').next().unwrap_or("");
+    if authority.is_empty() {
+        return Err(format!("{u:?} names no host"));
+    }
+    if authority.contains('@') {
+        return Err(format!(
+            "{u:?} carries credentials: the URL is given to containers and shown to users; give the service's key to it another way"
+        ));
+    }
+    if u.chars().any(|c| {
+        c.is_whitespace() || c.is_control() || c == '?' || c == '#' || c == '"' || c == '\\'
+    }) {
+        return Err(format!(
+            "{u:?} must be a plain URL (no spaces, quotes, query or fragment)"
+        ));
+    }
+    Ok(u.trim_end_matches('/').to_string())
 }
 
 #[cfg(test)]

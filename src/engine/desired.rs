@@ -111,6 +111,10 @@ pub(super) fn relay_wants(
             let Some(u) = catalog.services.get(used) else {
                 continue;
             };
+            // The cloud provides it: the consumer has its URL and needs no relay.
+            if catalog.policy.remote_services.contains_key(used) {
+                continue;
+            }
             for p in u.ports() {
                 ports.push(RelayPort {
                     service: used.clone(),
@@ -171,5 +175,36 @@ mod tests {
             .map(|p| (p.service.as_str(), p.port, p.spec.is_some()))
             .collect();
         assert_eq!(ports, [("api", 18090, true), ("cache", 18092, false)]);
+    }
+
+    #[test]
+    fn a_service_the_cloud_provides_gets_no_relay() {
+        let policy = Source::new(
+            "/etc/berth/policy.toml",
+            "[remote_services.api]\nurl = \"http://10.0.0.5:11434\"\n",
+        );
+        let c = from_sources(
+            Some(&policy),
+            &[
+                Source::new("t/api.toml", service("api", 18090, "")),
+                Source::new("t/cache.toml", service("cache", 18092, "")),
+                Source::new(
+                    "t/web.toml",
+                    service("web", 18091, "uses = [\"api\", \"cache\"]"),
+                ),
+            ],
+        )
+        .expect("valid");
+        let mut state = UserState::default();
+        state.set("web", Choice::On);
+        state.set("cache", Choice::On);
+        let specs = port_specs(&c, &state);
+        let wants = relay_wants(&c, &state, &specs);
+        let ports: Vec<_> = wants[0].ports.iter().map(|p| p.service.as_str()).collect();
+        assert_eq!(
+            ports,
+            ["cache"],
+            "the cloud's api is reached at its own URL"
+        );
     }
 }

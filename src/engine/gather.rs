@@ -336,6 +336,7 @@ where
                 waiting: &self.waiting,
                 pull_failures: &pull_failures,
                 gpu_available: self.ctx.gpu_available(),
+                remotes: self.remotes.results(),
             },
             only,
         );

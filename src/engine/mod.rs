@@ -12,6 +12,7 @@
 //! - `pulls.rs`: image pulls in the background, failures kept across restarts;
 //! - `inspect.rs`: the cache of container inspections;
 //! - `probes.rs`: berth's own HTTP/TCP probes;
+//! - `remotes.rs`: health checks of the services the cloud provides;
 //! - `view.rs`: the status of every service (pure);
 //! - `events.rs`: transitions into events (pure).
 //!
@@ -27,6 +28,7 @@ mod gather;
 mod inspect;
 mod probes;
 mod pulls;
+mod remotes;
 mod run;
 mod view;
 
@@ -50,6 +52,7 @@ use self::inspect::InspectCache;
 use self::probes::{ProbeDone, Probes};
 pub use self::pulls::reason as pull_reason;
 use self::pulls::{PullDone, Pulls};
+use self::remotes::{RemoteChecks, RemoteDone};
 use crate::clock::Clock;
 use crate::files::{Files, UnitDir};
 use crate::paths::Paths;
@@ -116,6 +119,7 @@ pub struct Engine<S, P, F, C> {
     config_error: Option<String>,
     inspected: InspectCache,
     probes: Probes,
+    remotes: RemoteChecks,
     seen: Tracker,
     /// The daemon info of the last published snapshot (its changes are events).
     last_info: Option<DaemonInfo>,
@@ -131,6 +135,7 @@ struct Intake {
     commands: mpsc::Receiver<Command>,
     pulls: mpsc::UnboundedReceiver<PullDone>,
     probes: mpsc::UnboundedReceiver<ProbeDone>,
+    remotes: mpsc::UnboundedReceiver<RemoteDone>,
     units_changed: Arc<Notify>,
     /// A watcher saw a catalog layer or the policy change (see `crate::watch`).
     layers_changed: Arc<Notify>,
@@ -216,6 +221,7 @@ where
         let (catalog_tx, catalog_rx) = watch::channel(catalog.current.clone());
         let (snapshot_tx, snapshot_rx) = watch::channel(None);
         let (probe_tx, probe_rx) = mpsc::unbounded_channel();
+        let (remote_tx, remote_rx) = mpsc::unbounded_channel();
         let (specs_tx, specs_rx) = watch::channel(Vec::new());
         let (relays_tx, relays_rx) = watch::channel(Vec::new());
         let (pull_tx, pull_rx) = mpsc::unbounded_channel();
@@ -257,6 +263,7 @@ where
             config_error: None,
             inspected: InspectCache::default(),
             probes: Probes::new(probe_tx),
+            remotes: RemoteChecks::new(remote_tx),
             seen: Tracker::default(),
             last_info: None,
             log_tails: BTreeMap::new(),
@@ -264,6 +271,7 @@ where
                 commands: rx,
                 pulls: pull_rx,
                 probes: probe_rx,
+                remotes: remote_rx,
                 units_changed,
                 layers_changed,
             }),
@@ -310,6 +318,7 @@ where
             counters: self.counters.clone(),
             gpus: self.ctx.gpus.clone(),
             remote_catalog: self.remote_seen.clone(),
+            remote_services: self.remotes.infos(&self.catalog.current),
         }
     }
 }

@@ -9,6 +9,7 @@ use tracing::{info, warn};
 
 use super::probes::ProbeDone;
 use super::pulls::PullDone;
+use super::remotes::RemoteDone;
 use super::{Command, Engine, SAFETY_INTERVAL};
 use crate::clock::Clock;
 use crate::files::Files;
@@ -27,6 +28,7 @@ enum Wake {
     UnitsChanged,
     Pull(PullDone),
     Probe(ProbeDone),
+    Remote(RemoteDone),
     HealthTick,
     ProbeTick,
     SafetyTick,
@@ -96,6 +98,7 @@ where
                 () = intake.layers_changed.notified() => Wake::LayersChanged,
                 Some(d) = intake.pulls.recv() => Wake::Pull(d),
                 Some(d) = intake.probes.recv() => Wake::Probe(d),
+                Some(d) = intake.remotes.recv() => Wake::Remote(d),
                 _ = health_tick.tick() => Wake::HealthTick,
                 _ = probe_tick.tick() => Wake::ProbeTick,
                 _ = safety_tick.tick() => Wake::SafetyTick,
@@ -146,6 +149,17 @@ where
                         self.refresh_all().await;
                     }
                 }
+                Wake::Remote(d) => {
+                    let (name, up) = (d.name.clone(), d.result.is_ok());
+                    if self.remotes.done(d) {
+                        if up {
+                            info!(service = %name, "the cloud's {name} answers");
+                        } else {
+                            warn!(service = %name, "the cloud's {name} does not answer");
+                        }
+                        self.refresh_all().await;
+                    }
+                }
                 Wake::HealthTick => {
                     self.refresh_all().await;
                     self.start_probes();
@@ -165,6 +179,7 @@ where
 
     fn start_probes(&mut self) {
         let now = self.now();
+        self.remotes.start_due(&self.catalog.current, now);
         let catalog = self.catalog.current.clone();
         self.probes.start_due(
             &catalog,

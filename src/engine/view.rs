@@ -44,6 +44,8 @@ pub(super) struct Facts<'a> {
     pub pull_failures: &'a BTreeMap<String, String>,
     /// A container can get a GPU here.
     pub gpu_available: bool,
+    /// The last checks of the services the cloud provides, by name.
+    pub remotes: &'a BTreeMap<String, berth_proto::RemoteServiceInfo>,
 }
 
 /// The statuses of every service (or only `only`), in catalog order.
@@ -183,7 +185,24 @@ fn one(
         since: None,
         probe,
         locked: f.catalog.policy.is_required(name),
-        note: (svc.gpu == crate::catalog::Gpu::Optional && !f.gpu_available)
-            .then(|| "runs on CPU: no GPU found (see `berth info`)".to_string()),
+        note: remote_note(f, svc).or_else(|| {
+            (svc.gpu == crate::catalog::Gpu::Optional && !f.gpu_available)
+                .then(|| "runs on CPU: no GPU found (see `berth info`)".to_string())
+        }),
     }
+}
+
+/// For a service that uses one the cloud provides: that it does not answer (its consumers
+/// run, but what they use is not there).
+fn remote_note(f: &Facts<'_>, svc: &crate::catalog::Service) -> Option<String> {
+    svc.uses.iter().find_map(|u| {
+        let r = f.remotes.get(u)?;
+        (r.up == Some(false)).then(|| {
+            format!(
+                "the cloud's {u} at {} does not answer: {}",
+                r.url,
+                r.error.as_deref().unwrap_or("no answer")
+            )
+        })
+    })
 }

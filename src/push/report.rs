@@ -133,6 +133,10 @@ pub struct Berth {
     /// Why the last fetch of the remote catalog changed nothing (absent when it went well).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote_catalog_error: Option<String>,
+    /// The services the cloud provides and whether each answered its last check (absent
+    /// when the policy names none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remote_services: Vec<berth_proto::RemoteServiceInfo>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -198,6 +202,7 @@ impl Report {
                     .remote_catalog
                     .as_ref()
                     .and_then(|r| r.error.clone()),
+                remote_services: snap.daemon.remote_services.clone(),
             },
             services: snap
                 .services
@@ -340,6 +345,7 @@ pub(crate) mod tests {
                 web_error: None,
                 gpus: Vec::new(),
                 remote_catalog: None,
+                remote_services: Vec::new(),
                 counters: Counters::default(),
             },
             services: services

@@ -160,6 +160,70 @@ impl HttpsFetch {
 }
 
 /// A TLS client configuration that trusts only the CA certificates in `path`.
+/// Asks `url` once (a GET; the body is not read): its status, or why there was none, within
+/// `timeout`, connecting included. A status of 500 or more counts as no answer. `https` with
+/// `ca_file` trusts only that CA, else the system's CA store; plain `http` is allowed (an
+/// address inside the cloud). This is how berth checks the services the cloud provides.
+pub async fn answers(
+    url: &str,
+    ca_file: Option<&std::path::Path>,
+    timeout: Duration,
+) -> Result<StatusCode, String> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|_| format!("{url:?} is not a valid URL"))?;
+    let ca = ca_file.map(std::path::Path::to_path_buf);
+    // Reading CA files is blocking IO: not on the runtime's thread.
+    let client = tokio::task::spawn_blocking(move || -> Result<_, String> {
+        let builder = hyper_rustls::HttpsConnectorBuilder::new();
+        let builder = match &ca {
+            Some(path) => builder.with_tls_config(private_ca(path).map_err(|e| match e {
+                TlsSetupError::CaFile(p, io) => {
+                    format!("cannot read ca_file {}: {io}", p.display())
+                }
+                TlsSetupError::NoCa(p) => {
+                    format!("ca_file {} holds no usable PEM certificate", p.display())
+                }
+                other => other.to_string(),
+            })?),
+            None => builder
+                .with_native_roots()
+                .map_err(|e| format!("cannot load the system CA certificates: {e}"))?,
+        };
+        let connector = builder.https_or_http().enable_http1().build();
+        let client: Https = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build(connector);
+        Ok(client)
+    })
+    .await
+    .map_err(|e| format!("TLS set-up failed: {e}"))??;
+    let req = Request::builder()
+        .method(Method::GET)
+        .uri(uri)
+        .header(
+            header::USER_AGENT,
+            concat!("berth/", env!("CARGO_PKG_VERSION")),
+        )
+        .body(Empty::new())
+        .map_err(|e| format!("cannot make the request: {e}"))?;
+    match tokio::time::timeout(timeout, client.request(req)).await {
+        Err(_) => Err(format!("no answer within {} s", timeout.as_secs())),
+        Ok(Err(e)) => {
+            let chain = source_chain(&e);
+            Err(if chain.is_empty() {
+                e.to_string()
+            } else {
+                chain
+            })
+        }
+        Ok(Ok(resp)) if resp.status().is_server_error() => {
+            Err(format!("answered {}", resp.status()))
+        }
+        Ok(Ok(resp)) => Ok(resp.status()),
+    }
+}
+
 fn private_ca(path: &std::path::Path) -> Result<rustls::ClientConfig, TlsSetupError> {
     use rustls::pki_types::pem::PemObject as _;
     use rustls::pki_types::CertificateDer;
@@ -247,5 +311,105 @@ mod tests {
             .expect("runtime")
             .block_on(f.fetch(None));
         assert!(matches!(r, Err(m) if m.contains("ca_file")));
+    }
+}
+
+#[cfg(test)]
+mod answer_tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// A server on loopback that reads one request head and answers `status` (or nothing).
+    async fn server(status: Option<&'static str>) -> (String, tokio::task::JoinHandle<String>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!(
+            "http://127.0.0.1:{}/api/version",
+            l.local_addr().expect("addr").port()
+        );
+        let task = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.expect("accept");
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.expect("read");
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            match status {
+                Some(st) => {
+                    let answer =
+                        format!("HTTP/1.1 {st}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                    s.write_all(answer.as_bytes()).await.expect("answer");
+                }
+                None => tokio::time::sleep(Duration::from_secs(5)).await,
+            }
+            String::from_utf8_lossy(&got).to_string()
+        });
+        (url, task)
+    }
+
+    #[tokio::test]
+    async fn any_status_below_500_is_an_answer() {
+        for st in ["200 OK", "401 Unauthorized", "404 Not Found"] {
+            let (url, task) = server(Some(st)).await;
+            let got = answers(&url, None, Duration::from_secs(5)).await;
+            assert_eq!(
+                got.map(|s| s.as_u16()),
+                Ok(st[..3].parse().expect("code")),
+                "{st}"
+            );
+            let req = task.await.expect("server");
+            assert!(req.starts_with("GET /api/version HTTP/1.1\r\n"), "{req}");
+            assert!(
+                req.to_ascii_lowercase().contains("user-agent: berth/"),
+                "{req}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn server_errors_refusals_and_silence_are_no_answer() {
+        let (url, _task) = server(Some("503 Service Unavailable")).await;
+        let e = answers(&url, None, Duration::from_secs(5))
+            .await
+            .expect_err("503");
+        assert!(e.contains("503"), "{e}");
+
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        let e = answers(
+            &format!("http://127.0.0.1:{closed}/"),
+            None,
+            Duration::from_secs(5),
+        )
+        .await
+        .expect_err("refused");
+        assert!(e.to_lowercase().contains("refused"), "{e}");
+
+        let (url, _task) = server(None).await;
+        let t = std::time::Instant::now();
+        let e = answers(&url, None, Duration::from_millis(300))
+            .await
+            .expect_err("silent");
+        assert!(e.contains("no answer within"), "{e}");
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "bounded by the timeout"
+        );
+
+        let e = answers(
+            "https://127.0.0.1:1/",
+            Some(std::path::Path::new("/nonexistent/ca.pem")),
+            Duration::from_secs(1),
+        )
+        .await
+        .expect_err("no CA file");
+        assert!(e.contains("cannot read ca_file /nonexistent/ca.pem"), "{e}");
     }
 }

@@ -275,6 +275,25 @@ pub struct DaemonInfo {
     /// The signed remote catalog, when config.toml names one.
     #[serde(default)]
     pub remote_catalog: Option<RemoteCatalogInfo>,
+    /// Services the cloud provides instead of a local container (the policy's
+    /// `[remote_services]`), with how their last health check went.
+    #[serde(default)]
+    pub remote_services: Vec<RemoteServiceInfo>,
+}
+
+/// A service the cloud provides (Ollama on the GPU nodes, say): its consumers get its URL.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteServiceInfo {
+    pub name: String,
+    pub url: String,
+    /// Whether it answered its last check (any HTTP status below 500); `None` before the first.
+    pub up: Option<bool>,
+    /// Why the last check failed.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Unix seconds of the last check.
+    #[serde(default)]
+    pub checked: Option<u64>,
 }
 
 /// A GPU as a container gets it.
@@ -558,6 +577,7 @@ mod tests {
             web_url: None,
             web_error: None,
             remote_catalog: None,
+            remote_services: Vec::new(),
             counters: Counters::default(),
             gpus: Vec::new(),
         };

@@ -490,6 +490,7 @@ mod tests {
             counters: Counters::default(),
             gpus: Vec::new(),
             remote_catalog: None,
+            remote_services: Vec::new(),
             config_error: None,
         }
     }
