@@ -116,6 +116,10 @@ pub enum Cmd {
         /// /shared/users/USER/backups, else ~/.local/share/berth/backups).
         #[arg(long)]
         to: Option<PathBuf>,
+        /// As the daemon runs it on the policy's schedule (`[backup] every`): every enabled
+        /// service with data, then only the newest `[backup] keep` backups of each are kept.
+        #[arg(long, conflicts_with = "names")]
+        scheduled: bool,
     },
     /// Restore a service's volumes and secrets from its newest backup (or the backup or
     /// folder given with --from), then start it.
@@ -371,6 +375,22 @@ pub async fn run(cli: Cli) -> Result<()> {
                 if i.gpus.is_empty() {
                     println!("gpus: none (services that can use one run on CPU)");
                 }
+                if let Some(b) = &i.backup_schedule {
+                    let at = |t: Option<u64>| {
+                        t.map_or_else(|| "never".to_string(), crate::clock::format_rfc3339)
+                    };
+                    println!(
+                        "scheduled backups: every {} s, keeping {}; last good {}, next {}{}",
+                        b.every,
+                        b.keep,
+                        at(b.last_success),
+                        at(b.next),
+                        b.error
+                            .as_ref()
+                            .map(|e| format!("; the last run failed: {e}"))
+                            .unwrap_or_default()
+                    );
+                }
                 for r in &i.remote_services {
                     let how = match (r.up, &r.error) {
                         (None, _) => "not checked yet".to_string(),
@@ -433,7 +453,11 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Render { out, names } => render(&out, &names),
-        Cmd::Backup { names, to } => backup(&names, to).await,
+        Cmd::Backup {
+            names,
+            to,
+            scheduled,
+        } => backup(&names, to, scheduled).await,
         Cmd::Restore {
             name,
             from,
@@ -872,7 +896,7 @@ fn podman_cli() -> crate::backup::run::PodmanCli {
     }
 }
 
-async fn backup(names: &[String], to: Option<PathBuf>) -> Result<()> {
+async fn backup(names: &[String], to: Option<PathBuf>, scheduled: bool) -> Result<()> {
     let cat = catalog::load(&Layers::standard(&etc_dir())?)?;
     let places = backup_places(to)?;
     let c = client()?;
@@ -915,7 +939,17 @@ async fn backup(names: &[String], to: Option<PathBuf>) -> Result<()> {
         println!("{name}:");
         let now = crate::clock::format_rfc3339(crate::clock::now_unix());
         match crate::backup::run::backup(&c, &io, svc, &places, &now).await {
-            Ok(dir) => println!("  backed up to {}", dir.display()),
+            Ok(dir) => {
+                println!("  backed up to {}", dir.display());
+                if scheduled {
+                    let keep = cat
+                        .policy
+                        .backup
+                        .as_ref()
+                        .map_or(crate::catalog::validate::DEFAULT_BACKUP_KEEP, |b| b.keep);
+                    prune_backups(&places.root, name, keep)?;
+                }
+            }
             Err(e) => {
                 eprintln!("  backup of {name} failed: {e:#}");
                 failed += 1;
@@ -924,6 +958,17 @@ async fn backup(names: &[String], to: Option<PathBuf>) -> Result<()> {
     }
     if failed > 0 {
         bail!("{failed} of {} backups failed", chosen.len());
+    }
+    Ok(())
+}
+
+/// Removes the oldest complete backups of `name` under `root` so that `keep` stay.
+fn prune_backups(root: &Path, name: &str, keep: usize) -> Result<()> {
+    let entries = crate::backup::run::list(root)?;
+    for dir in crate::backup::to_prune(name, &entries, keep) {
+        let path = root.join(&dir);
+        std::fs::remove_dir_all(&path).with_context(|| format!("remove {}", path.display()))?;
+        println!("  removed {dir} (keeping the newest {keep})");
     }
     Ok(())
 }

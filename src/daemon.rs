@@ -312,6 +312,15 @@ where
         ));
     }
     tasks.spawn(engine.run());
+    // The policy's [backup] every: runs of `berth backup --scheduled` when due.
+    tasks.spawn(crate::backup::schedule::run(
+        handle.clone(),
+        crate::backup::schedule::Schedule {
+            exe: PathBuf::from("/proc/self/exe"),
+            socket: paths.socket(),
+            state_file: paths.state_dir.join("backup-schedule.json"),
+        },
+    ));
     let remote = remote.map(|r| {
         let (h, task) = crate::remote::spawn(r, handle.clone());
         tasks.spawn(async move {

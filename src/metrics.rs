@@ -376,6 +376,19 @@ fn registry(snap: &Snapshot) -> Registry {
         ),
     );
 
+    if let Some(b) = &d.backup_schedule {
+        r.register(
+            "berth_backup_last_success_timestamp_seconds",
+            "Unix time of the last scheduled backup that backed up every service (0: none yet)",
+            Gauges(vec![(Vec::new(), b.last_success.unwrap_or(0) as i64)]),
+        );
+        r.register(
+            "berth_backup_failing",
+            "1 while the last scheduled backup failed (`berth info` says why), else 0",
+            Gauges(vec![(Vec::new(), i64::from(b.error.is_some()))]),
+        );
+    }
+
     // prometheus-client has no state set type, and an OpenMetrics state set would name its
     // label after the metric. A gauge family with a `state` label and exactly one 1 per service
     // is the shape Prometheus users query (`berth_service_state{state="failed"} == 1`).
@@ -915,6 +928,7 @@ mod tests {
                 gpus: Vec::new(),
                 remote_catalog: None,
                 remote_services: Vec::new(),
+                backup_schedule: None,
                 counters: Counters {
                     passes: 7,
                     systemd_writes: 3,

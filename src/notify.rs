@@ -478,6 +478,7 @@ mod tests {
                 gpus: Vec::new(),
                 remote_catalog: None,
                 remote_services: Vec::new(),
+                backup_schedule: None,
                 counters: Counters::default(),
             },
             services: services

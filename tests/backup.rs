@@ -5,6 +5,7 @@
 mod common;
 
 use std::path::Path;
+use std::time::Duration;
 
 use common::*;
 
@@ -198,4 +199,127 @@ fn a_service_that_says_how_is_backed_up_live_after_its_command() {
     );
     w.ok(&["disable", "it-bk-cmd"]);
     remove_volumes("it-bk-cmd");
+}
+
+/// The complete backups (with a manifest) of `service` under `root`, oldest first.
+fn complete(root: &Path, service: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(root)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.path().join("manifest.json").is_file())
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .filter(|n| n.starts_with(&format!("{service}-")))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn schedule(w: &World) -> serde_json::Value {
+    w.info()["backup_schedule"].clone()
+}
+
+#[test]
+fn scheduled_backups_run_when_due_keep_the_newest_and_report_failures() {
+    let Some(_serial) = session("backup_scheduled") else {
+        return;
+    };
+    let mut w = World::new(&["it-bks"]);
+    let root = w.dir.path().join("backups");
+    w.config(&format!(
+        "[web]\nenabled = false\n\n[backup]\ndir = \"{}\"\n",
+        path_str(&root)
+    ));
+    w.catalog_file("it-bks.toml", &web_service("it-bks", 18273));
+    w.start_daemon();
+    w.ok(&["enable", "it-bks"]);
+    sh("berth-it-bks", "echo kept > /data/note.txt");
+    assert!(
+        schedule(&w).is_null(),
+        "no schedule without the policy's [backup]"
+    );
+    // The schedule comes with the policy, live (each run stops the service for its copy).
+    let policy = w.etc().join("policy.toml");
+    std::fs::write(&policy, "[backup]\nevery = \"3s\"\nkeep = 2\n").expect("policy");
+
+    // Runs come due one after the other; only the newest two stay.
+    let first = wait_for(Duration::from_secs(60), || {
+        let s = schedule(&w);
+        s["last_success"].as_u64().map(|t| (t, s))
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "a scheduled backup ran: {}\n{}",
+            schedule(&w),
+            w.daemon_log()
+        )
+    });
+    assert_eq!(first.1["every"], 3);
+    assert_eq!(first.1["keep"], 2);
+    wait_for(Duration::from_secs(90), || {
+        let s = schedule(&w);
+        (s["last_success"].as_u64().is_some_and(|t| t >= first.0 + 6)
+            && w.daemon_log().contains("removed it-bks-"))
+        .then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "more runs, and pruning: {}\n{}",
+            schedule(&w),
+            w.daemon_log()
+        )
+    });
+    let kept = complete(&root, "it-bks");
+    assert_eq!(kept.len(), 2, "keep = 2: {kept:?}");
+    let m: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(root.join(&kept[1]).join("manifest.json")).expect("manifest"),
+    )
+    .expect("json");
+    assert_eq!(m["service"], "it-bks");
+    let metrics = w.metrics();
+    assert!(
+        metric(&metrics, "berth_backup_last_success_timestamp_seconds")
+            .is_some_and(|t| t >= first.0),
+        "{metrics}"
+    );
+    assert_eq!(metric(&metrics, "berth_backup_failing"), Some(0));
+
+    // A run whose pre-backup command fails is reported (the entry's [backup], changed live:
+    // its units stay as they are); once the command works again, the error goes.
+    let entry = web_service("it-bks", 18273);
+    w.catalog_file(
+        "it-bks.toml",
+        &entry.replace(
+            "[[containers]]",
+            "[backup]\nmode = \"command\"\ncontainer = \"web\"\ncommand = [\"sh\", \"-c\", \"exit 3\"]\n\n[[containers]]",
+        ),
+    );
+    let failed = wait_for(Duration::from_secs(60), || {
+        let s = schedule(&w);
+        s["error"].as_str().map(str::to_string)
+    })
+    .unwrap_or_else(|| panic!("the failure is seen: {}\n{}", schedule(&w), w.daemon_log()));
+    assert!(failed.contains("failed"), "{failed}");
+    assert_eq!(metric(&w.metrics(), "berth_backup_failing"), Some(1));
+    w.catalog_file("it-bks.toml", &entry);
+    wait_for(Duration::from_secs(60), || {
+        schedule(&w)["error"].is_null().then_some(())
+    })
+    .unwrap_or_else(|| panic!("good again: {}\n{}", schedule(&w), w.daemon_log()));
+    assert_eq!(
+        w.status("it-bks")["state"],
+        "running",
+        "running again after every stop for a copy"
+    );
+    assert_eq!(sh("berth-it-bks", "cat /data/note.txt"), "kept");
+
+    // The schedule goes with the policy's [backup], live.
+    std::fs::write(&policy, "").expect("policy");
+    wait_for(Duration::from_secs(20), || {
+        schedule(&w).is_null().then_some(())
+    })
+    .unwrap_or_else(|| panic!("no schedule: {}", schedule(&w)));
+    w.ok(&["disable", "it-bks"]);
+    remove_volumes("it-bks");
 }

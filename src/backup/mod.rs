@@ -23,6 +23,7 @@
 //! This module is the pure part (what to copy, names, picking a backup); `run.rs` does it.
 
 pub mod run;
+pub mod schedule;
 
 use std::path::{Path, PathBuf};
 
@@ -143,6 +144,42 @@ pub fn latest<'a>(
         .max_by(|a, b| a.0.cmp(&b.0))
 }
 
+/// The complete backups of `service` to remove so that the newest `keep` stay. Unfinished ones
+/// (no manifest) are left alone: one may be in the making.
+pub fn to_prune(service: &str, entries: &[(String, Option<Manifest>)], keep: usize) -> Vec<String> {
+    let prefix = format!("{service}-");
+    let mut mine: Vec<&String> = entries
+        .iter()
+        .filter(|(dir, m)| {
+            dir.strip_prefix(&prefix)
+                .is_some_and(|rest| rest.bytes().next().is_some_and(|b| b.is_ascii_digit()))
+                && m.as_ref().is_some_and(|m| m.service == service)
+        })
+        .map(|(dir, _)| dir)
+        .collect();
+    mine.sort();
+    let extra = mine.len().saturating_sub(keep.max(1));
+    mine.into_iter().take(extra).cloned().collect()
+}
+
+/// When the next scheduled backup is due, in unix seconds: `every` after the last good one
+/// (at once when there was none), but after a failure not before `retry` has passed since that
+/// attempt, so a broken backup does not run in a loop.
+pub fn next_due(
+    every: u64,
+    retry: u64,
+    last_success: Option<u64>,
+    last_attempt: Option<u64>,
+) -> u64 {
+    let after_success = last_success.map_or(0, |t| t.saturating_add(every));
+    let after_attempt = match (last_attempt, last_success) {
+        (Some(a), Some(s)) if a > s => a.saturating_add(retry.min(every)),
+        (Some(a), None) => a.saturating_add(retry.min(every)),
+        _ => 0,
+    };
+    after_success.max(after_attempt)
+}
+
 /// Checks a manifest before anything is restored from it.
 pub fn check(m: &Manifest, service: &str) -> Result<(), String> {
     if m.format > FORMAT {
@@ -191,6 +228,57 @@ mod tests {
             secrets: false,
             left_out: vec![],
         }
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_complete_backups_of_that_service_only() {
+        let e = |d: &str, m: Option<&str>| (d.to_string(), m.map(manifest));
+        let entries = vec![
+            e("demo-20261201T010000Z", Some("demo")),
+            e("demo-20261202T010000Z", Some("demo")),
+            e("demo-20261203T010000Z", None),
+            e("demo-20261130T010000Z", Some("demo")),
+            e("demo-2-20261101T010000Z", Some("demo-2")),
+            e("demo-20261204T010000Z", Some("demo")),
+        ];
+        assert_eq!(
+            to_prune("demo", &entries, 2),
+            ["demo-20261130T010000Z", "demo-20261201T010000Z"],
+            "the oldest complete ones; the unfinished one and demo-2's stay"
+        );
+        assert!(to_prune("demo", &entries, 9).is_empty());
+        assert_eq!(
+            to_prune("demo", &entries, 0).len(),
+            3,
+            "the newest is always kept"
+        );
+    }
+
+    #[test]
+    fn scheduled_backups_fall_due_every_interval_and_retry_after_a_failure_not_in_a_loop() {
+        let day = 86_400;
+        assert_eq!(next_due(day, 900, None, None), 0, "never: at once");
+        assert_eq!(next_due(day, 900, Some(1000), Some(1000)), 1000 + day);
+        assert_eq!(
+            next_due(day, 900, Some(1000), Some(5000)),
+            1000 + day,
+            "a failed attempt after a good one: the interval still rules, when it is later"
+        );
+        assert_eq!(
+            next_due(day, 900, Some(1000), Some(1000 + day)),
+            1000 + day + 900,
+            "failed when due: retried after `retry`"
+        );
+        assert_eq!(
+            next_due(day, 900, None, Some(7)),
+            907,
+            "never good, failed: retry"
+        );
+        assert_eq!(
+            next_due(60, 900, None, Some(7)),
+            67,
+            "retry is at most the interval"
+        );
     }
 
     #[test]

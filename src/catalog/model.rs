@@ -292,6 +292,16 @@ pub struct Policy {
     /// Services the cloud provides, by name: their consumers get the URL, and the local
     /// entry of the same name is not offered.
     pub remote_services: BTreeMap<String, RemoteService>,
+    /// Scheduled backups (`[backup]`); `None`: only by hand.
+    pub backup: Option<BackupPolicy>,
+}
+
+/// `[backup]` of the policy: every enabled service's data is backed up this often.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BackupPolicy {
+    pub every: Duration,
+    /// Complete backups kept per service; older ones are removed after a good one.
+    pub keep: usize,
 }
 
 /// A service the cloud provides (`[remote_services.NAME]` of the policy).
@@ -320,6 +330,7 @@ impl Default for Policy {
             limits: Limits::default(),
             rules: BTreeMap::new(),
             remote_services: BTreeMap::new(),
+            backup: None,
         }
     }
 }

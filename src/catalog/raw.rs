@@ -154,6 +154,16 @@ pub struct RawPolicy {
     /// Services the cloud provides instead of a local container, by service name.
     #[serde(default)]
     pub remote_services: BTreeMap<String, Spanned<RawRemoteService>>,
+    /// Scheduled backups of every enabled service's data.
+    pub backup: Option<Spanned<RawBackupPolicy>>,
+}
+
+/// `[backup]` of the policy.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackupPolicy {
+    pub every: Spanned<String>,
+    pub keep: Option<Spanned<i64>>,
 }
 
 /// `[remote_services.NAME]` of the policy.

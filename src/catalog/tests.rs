@@ -1117,3 +1117,44 @@ fn remote_service_entries_are_checked_with_their_line() {
         assert!(e.to_string().contains(text), "{policy}: {e}");
     }
 }
+
+#[test]
+fn a_backup_schedule_is_read_and_checked_with_its_line() {
+    let c = with_policy(
+        "[backup]\nevery = \"24h\"\nkeep = 3\n",
+        &[Source::new("a/web.toml", GOOD)],
+    )
+    .expect("valid");
+    assert_eq!(
+        c.policy.backup,
+        Some(BackupPolicy {
+            every: std::time::Duration::from_secs(86_400),
+            keep: 3
+        })
+    );
+    let c = with_policy(
+        "[backup]\nevery = \"1h\"\n",
+        &[Source::new("a/web.toml", GOOD)],
+    )
+    .expect("valid");
+    assert_eq!(
+        c.policy.backup.map(|b| b.keep),
+        Some(validate::DEFAULT_BACKUP_KEEP)
+    );
+    assert!(with_policy("", &[Source::new("a/web.toml", GOOD)])
+        .expect("valid")
+        .policy
+        .backup
+        .is_none());
+    for (policy, line, needle) in [
+        ("[backup]\nevery = \"0s\"\n", 2, "at least 1s"),
+        ("[backup]\nevery = \"daily\"\n", 2, "backup.every"),
+        ("[backup]\nevery = \"1h\"\nkeep = 0\n", 3, "1..=1000"),
+        ("[backup]\nevery = \"1h\"\nat = \"02:00\"\n", 3, "at"),
+        ("[backup]\nkeep = 2\n", 1, "every"),
+    ] {
+        let e = with_policy(policy, &[Source::new("a/web.toml", GOOD)]).expect_err(policy);
+        assert_eq!(e.diagnostics()[0].line, line, "{policy}: {e}");
+        assert!(e.to_string().contains(needle), "{policy}: {e}");
+    }
+}

@@ -1467,8 +1467,44 @@ pub fn policy(src: &Source, raw: RawPolicy, diags: &mut Vec<Diagnostic>) -> Poli
             },
         );
     }
+    if let Some(b) = &raw.backup {
+        let line = cx.src.line_col(b.span().start).0;
+        p.rules.insert(
+            "backup".into(),
+            super::model::RuleLoc {
+                file: cx.src.path.clone(),
+                line,
+            },
+        );
+        let b = b.get_ref();
+        let every = duration(
+            &mut cx,
+            &Some(b.every.clone()),
+            "backup.every",
+            Duration::ZERO,
+        );
+        if every < Duration::from_secs(1) {
+            cx.err(
+                span_of(&b.every),
+                "backup.every",
+                "must be at least 1s (\"24h\" is daily)",
+            );
+        }
+        let keep = match &b.keep {
+            None => DEFAULT_BACKUP_KEEP,
+            Some(k) if (1..=1000).contains(k.get_ref()) => *k.get_ref() as usize,
+            Some(k) => {
+                cx.err(span_of(k), "backup.keep", "must be in 1..=1000");
+                DEFAULT_BACKUP_KEEP
+            }
+        };
+        p.backup = Some(super::model::BackupPolicy { every, keep });
+    }
     p
 }
+
+/// Backups kept per service when the policy's `[backup]` does not say.
+pub const DEFAULT_BACKUP_KEEP: usize = 7;
 
 /// How often a service the cloud provides is checked when its entry does not say.
 pub const REMOTE_CHECK_INTERVAL: Duration = Duration::from_secs(30);

@@ -87,6 +87,8 @@ pub enum Command {
     /// What is wrong with a changed config.toml, or `None` once it validates again (part of
     /// the daemon's info).
     ConfigError(Option<String>),
+    /// Scheduled backups as their task last ran them (part of the daemon's info).
+    BackupSeen(Option<berth_proto::BackupScheduleInfo>),
     /// The current picture and, from that very moment, every event after it.
     Subscribe {
         reply: oneshot::Sender<(Arc<Snapshot>, broadcast::Receiver<Event>)>,
@@ -224,6 +226,18 @@ impl Handle {
         if self.tx.send(Command::ConfigError(error)).await.is_err() {
             tracing::debug!("engine gone; config error dropped");
         }
+    }
+
+    /// Reports how scheduled backups went.
+    pub async fn set_backup_schedule(&self, info: Option<berth_proto::BackupScheduleInfo>) {
+        if self.tx.send(Command::BackupSeen(info)).await.is_err() {
+            tracing::debug!("engine gone; backup status dropped");
+        }
+    }
+
+    /// The catalog in force, as it changes.
+    pub fn catalog_changes(&self) -> watch::Receiver<Arc<Catalog>> {
+        self.catalog.clone()
     }
 
     pub async fn subscribe(

@@ -117,6 +117,8 @@ pub struct Engine<S, P, F, C> {
     remote_seen: Option<berth_proto::RemoteCatalogInfo>,
     /// What is wrong with a changed config.toml (see [`Command::ConfigError`]).
     config_error: Option<String>,
+    /// Scheduled backups, as their task last reported them.
+    backup_seen: Option<berth_proto::BackupScheduleInfo>,
     inspected: InspectCache,
     probes: Probes,
     remotes: RemoteChecks,
@@ -261,6 +263,7 @@ where
             web: WebSeen::default(),
             remote_seen: None,
             config_error: None,
+            backup_seen: None,
             inspected: InspectCache::default(),
             probes: Probes::new(probe_tx),
             remotes: RemoteChecks::new(remote_tx),
@@ -319,6 +322,7 @@ where
             gpus: self.ctx.gpus.clone(),
             remote_catalog: self.remote_seen.clone(),
             remote_services: self.remotes.infos(&self.catalog.current),
+            backup_schedule: self.backup_seen.clone(),
         }
     }
 }

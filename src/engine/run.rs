@@ -272,6 +272,12 @@ where
                     self.refresh_all().await;
                 }
             }
+            Command::BackupSeen(b) => {
+                if self.backup_seen != b {
+                    self.backup_seen = b;
+                    self.refresh_all().await;
+                }
+            }
             Command::ConfigError(e) => {
                 if self.config_error != e {
                     self.config_error = e;

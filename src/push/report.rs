@@ -137,6 +137,9 @@ pub struct Berth {
     /// when the policy names none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remote_services: Vec<berth_proto::RemoteServiceInfo>,
+    /// Scheduled backups (absent when the policy schedules none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_schedule: Option<berth_proto::BackupScheduleInfo>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -203,6 +206,7 @@ impl Report {
                     .as_ref()
                     .and_then(|r| r.error.clone()),
                 remote_services: snap.daemon.remote_services.clone(),
+                backup_schedule: snap.daemon.backup_schedule.clone(),
             },
             services: snap
                 .services
@@ -346,6 +350,7 @@ pub(crate) mod tests {
                 gpus: Vec::new(),
                 remote_catalog: None,
                 remote_services: Vec::new(),
+                backup_schedule: None,
                 counters: Counters::default(),
             },
             services: services

@@ -279,6 +279,27 @@ pub struct DaemonInfo {
     /// `[remote_services]`), with how their last health check went.
     #[serde(default)]
     pub remote_services: Vec<RemoteServiceInfo>,
+    /// Scheduled backups, when the policy's `[backup]` asks for them.
+    #[serde(default)]
+    pub backup_schedule: Option<BackupScheduleInfo>,
+}
+
+/// Scheduled backups as the daemon last ran them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupScheduleInfo {
+    /// Seconds between backups.
+    pub every: u64,
+    /// Backups kept per service.
+    pub keep: u64,
+    /// Unix seconds of the last run that backed everything up.
+    pub last_success: Option<u64>,
+    /// Unix seconds of the last run, good or not.
+    pub last_attempt: Option<u64>,
+    /// What went wrong in the last run; `None` after a good one.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Unix seconds when the next run is due.
+    pub next: Option<u64>,
 }
 
 /// A service the cloud provides (Ollama on the GPU nodes, say): its consumers get its URL.
@@ -578,6 +599,7 @@ mod tests {
             web_error: None,
             remote_catalog: None,
             remote_services: Vec::new(),
+            backup_schedule: None,
             counters: Counters::default(),
             gpus: Vec::new(),
         };

@@ -491,6 +491,7 @@ mod tests {
             gpus: Vec::new(),
             remote_catalog: None,
             remote_services: Vec::new(),
+            backup_schedule: None,
             config_error: None,
         }
     }
