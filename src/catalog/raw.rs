@@ -128,9 +128,8 @@ pub struct RawHealth {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPolicy {
-    /// Host paths containers may mount (exactly, or anything below them).
-    #[serde(default)]
-    pub allowed_host_paths: Vec<Spanned<String>>,
+    /// Host paths containers may mount (exactly, or anything below them); absent: `/shared`.
+    pub allowed_host_paths: Option<Spanned<Vec<Spanned<String>>>>,
     /// Lowest and highest stable port a service may claim.
     pub port_min: Option<Spanned<i64>>,
     pub port_max: Option<Spanned<i64>>,

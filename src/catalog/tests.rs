@@ -181,6 +181,26 @@ fn host_paths_follow_policy() {
 }
 
 #[test]
+fn a_policy_without_allowed_host_paths_keeps_the_shared_default_and_a_list_replaces_it() {
+    let shared =
+        format!("{GOOD}\n[[containers.volumes]]\nhost = \"/shared/team\"\ntarget = \"/x\"\n");
+    let src = |t: &str| [Source::new("a/web.toml", t.to_string())];
+    // A policy about something else: /shared stays allowed.
+    assert!(with_policy("port_min = 2000\n", &src(&shared)).is_ok());
+    // An explicit list is exactly what is allowed; an empty one allows nothing, naming its line.
+    let e = with_policy("\nallowed_host_paths = []\n", &src(&shared)).expect_err("none allowed");
+    assert!(e.to_string().contains("not allowed by policy"), "{e}");
+    let c = with_policy("\nallowed_host_paths = []\n", &src(GOOD)).expect("valid");
+    assert_eq!(
+        c.policy.rule("allowed_host_paths"),
+        "policy rule `allowed_host_paths` (/etc/berth/policy.toml:2)"
+    );
+    assert!(with_policy("allowed_host_paths = [\"/data\"]\n", &src(&shared)).is_err());
+    let data = shared.replace("/shared/team", "/data/x");
+    assert!(with_policy("allowed_host_paths = [\"/data\"]\n", &src(&data)).is_ok());
+}
+
+#[test]
 fn cap_add_needs_reason_and_no_sys_admin() {
     let t = GOOD.replace("env = { A = \"1\" }", "cap_add = [\"CHOWN\"]");
     assert!(diags(&t)[0].field.ends_with("cap_add_reason"));

@@ -1228,11 +1228,13 @@ pub fn uses_cycle(services: &BTreeMap<String, Service>) -> Option<Vec<String>> {
 /// Validates `/etc/berth/policy.toml`.
 pub fn policy(src: &Source, raw: RawPolicy, diags: &mut Vec<Diagnostic>) -> Policy {
     let mut cx = Ctx { src, diags };
-    let mut p = Policy {
-        allowed_host_paths: Vec::new(),
-        ..Policy::default()
-    };
-    for h in &raw.allowed_host_paths {
+    // Without the key the default (`/shared`) holds, as without a policy file; a list, even an
+    // empty one, replaces it.
+    let mut p = Policy::default();
+    if raw.allowed_host_paths.is_some() {
+        p.allowed_host_paths.clear();
+    }
+    for h in raw.allowed_host_paths.iter().flat_map(|l| l.get_ref()) {
         if !normal_absolute(h.get_ref()) || h.get_ref() == "/" {
             cx.err(
                 span_of(h),
@@ -1283,8 +1285,10 @@ pub fn policy(src: &Source, raw: RawPolicy, diags: &mut Vec<Diagnostic>) -> Poli
             },
         );
     };
+    if let Some(list) = &raw.allowed_host_paths {
+        rule(&cx, "allowed_host_paths", list.span());
+    }
     for (name, list) in [
-        ("allowed_host_paths", &raw.allowed_host_paths),
         ("denied_services", &raw.denied_services),
         ("default_enabled", &raw.default_enabled),
         ("required_services", &raw.required_services),
