@@ -98,6 +98,8 @@ pub fn router<P: Podman + Clone + 'static>(state: ApiState<P>) -> Router {
         .route("/v1/services/{name}/pull", post(pull::<P>))
         .route("/v1/services/{name}/logs", get(logs::<P>))
         .route("/v1/services/{name}/relays", post(relays::<P>))
+        .route("/v1/services/{name}/update", post(update_one::<P>))
+        .route("/v1/update", post(update_all::<P>))
         .route("/v1/services/{name}/{verb}", post(verb::<P>))
         .route("/v1/events", get(events::<P>))
         .route("/v1/plan", get(plan::<P>))
@@ -154,6 +156,22 @@ pub(crate) async fn verb<P: Podman + Clone + 'static>(
     };
     let report = s.engine.act(&name, verb).await?;
     Ok(Json(report).into_response())
+}
+
+/// `berth update NAME`: answered once the service's outcome is known (a swap's after its
+/// health window).
+async fn update_one<P: Podman + Clone + 'static>(
+    AxState(s): AxState<ApiState<P>>,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<berth_proto::UpdateAnswer> {
+    Ok(Json(s.engine.update(Some(&name)).await?))
+}
+
+/// `berth update`: every enabled service.
+async fn update_all<P: Podman + Clone + 'static>(
+    AxState(s): AxState<ApiState<P>>,
+) -> ApiResult<berth_proto::UpdateAnswer> {
+    Ok(Json(s.engine.update(None).await?))
 }
 
 async fn plan<P: Podman + Clone + 'static>(

@@ -91,6 +91,13 @@ pub enum Cmd {
     },
     /// Pull a service's images, showing progress.
     Pull { name: String },
+    /// Update services' images: pull, and where a tag now names a newer image, swap to it
+    /// (rolled back if it does not become healthy). Without NAME: every enabled service.
+    Update {
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Print what the daemon would change now, without changing it.
     Plan {
         #[arg(long)]
@@ -332,6 +339,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Pull { name } => pull(&name, false).await,
+        Cmd::Update { name, json } => update(name.as_deref(), json).await,
         Cmd::Dashboard { print, logs } => dashboard(print, logs.as_deref()).await,
         Cmd::Plan { json } => {
             let p = client()?.plan().await?;
@@ -567,6 +575,36 @@ async fn pull(name: &str, quiet_when_present: bool) -> Result<()> {
         PullEnd::Done => Ok(()),
         PullEnd::Failed(e) => bail!("{e}"),
     }
+}
+
+/// `berth update [NAME]`: one line per service; fails when an update failed or was rolled
+/// back.
+async fn update(name: Option<&str>, json: bool) -> Result<()> {
+    if let Some(n) = name {
+        check_name(n)?;
+    }
+    let a = client()?.update(name).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&a)?);
+    } else if a.services.is_empty() {
+        println!("no enabled services to update");
+    }
+    let mut bad = Vec::new();
+    for o in &a.services {
+        if !json {
+            println!("{}: {}", o.service, o.message);
+        }
+        if matches!(
+            o.result,
+            berth_proto::UpdateResult::RolledBack | berth_proto::UpdateResult::Failed
+        ) {
+            bad.push(o.service.as_str());
+        }
+    }
+    if !bad.is_empty() {
+        bail!("not updated: {}", bad.join(", "));
+    }
+    Ok(())
 }
 
 const NO_SETTLE: Settle = Settle { secs: 0 };
@@ -819,6 +857,23 @@ async fn status(name: &str, json: bool) -> Result<()> {
         st.unit_state.clone()
     };
     println!("  unit:    {} ({unit_state})", st.unit);
+    if let Some(u) = &st.update {
+        let to = u.to.join(", ");
+        let line = match u.state {
+            berth_proto::UpdateState::Updating => format!("updating to {to}, waiting for it to become healthy"),
+            berth_proto::UpdateState::Updated => format!("updated to {to} {}", when(u.at)),
+            berth_proto::UpdateState::RolledBack => format!(
+                "rolled back {} from {to}: {}; it stays on the previous image until the catalog names another or `berth update {}`",
+                when(u.at),
+                u.reason.as_deref().unwrap_or("not healthy"),
+                st.name
+            ),
+        };
+        println!("  update:  {line}");
+        if u.rollbacks > 0 {
+            println!("  rollbacks: {}", u.rollbacks);
+        }
+    }
     if st.restarts > 0 {
         println!("  restarts by systemd: {}", st.restarts);
     }

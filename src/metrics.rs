@@ -471,6 +471,44 @@ fn registry(snap: &Snapshot) -> Registry {
         ),
     );
 
+    // Image updates: a counter of rollbacks (kept across restarts of the daemon, so it only
+    // falls when the state directory is reset) and the state of the last update.
+    r.register(
+        "berth_update_rollbacks",
+        "Image updates of the service that were rolled back because the new image did not \
+         become healthy within its start period",
+        Counters(
+            services
+                .iter()
+                .filter_map(|s| s.update.as_ref().map(|u| (service(s), u.rollbacks)))
+                .collect(),
+        ),
+    );
+    r.register(
+        "berth_service_update",
+        "State of the service's last image update: 1 for the state it is in (updating, \
+         updated, rolled_back), 0 for the others (services that had one)",
+        Gauges(
+            services
+                .iter()
+                .filter_map(|s| s.update.as_ref().map(|u| (s, u.state)))
+                .flat_map(|(s, now)| {
+                    [
+                        berth_proto::UpdateState::Updating,
+                        berth_proto::UpdateState::Updated,
+                        berth_proto::UpdateState::RolledBack,
+                    ]
+                    .into_iter()
+                    .map(move |st| {
+                        let mut l = service(s);
+                        l.push(("state", st.as_str().to_string()));
+                        (l, i64::from(st == now))
+                    })
+                })
+                .collect(),
+        ),
+    );
+
     let c = &d.counters;
     r.register(
         "berth_reconcile_passes",
@@ -900,6 +938,7 @@ mod tests {
             hint: None,
             locked: false,
             note: None,
+            update: None,
             unit: format!("berth-{name}.service"),
             unit_state: "active/running".into(),
             ports: Vec::new(),
@@ -1031,6 +1070,41 @@ mod tests {
         for line in l.iter().filter(|l| !l.starts_with('#')) {
             assert!(line.starts_with("berth_"), "{line}");
         }
+    }
+
+    #[test]
+    fn rollbacks_are_a_counter_and_the_update_a_state() {
+        let mut web = svc("web", "on", State::Running);
+        web.update = Some(berth_proto::UpdateStatus {
+            state: berth_proto::UpdateState::RolledBack,
+            from: vec!["sha256:aa".into()],
+            to: vec!["localhost/web:2".into()],
+            reason: Some("not healthy within 6s of the swap".into()),
+            at: 1_700_000_000,
+            rollbacks: 2,
+        });
+        let out = encode(&snapshot(vec![web, svc("db", "on", State::Running)]));
+        let l = lines(&out);
+        assert!(
+            l.contains(&"# TYPE berth_update_rollbacks counter"),
+            "{out}"
+        );
+        assert!(
+            l.contains(&r#"berth_update_rollbacks_total{service="web"} 2"#),
+            "{out}"
+        );
+        assert!(
+            l.contains(&r#"berth_service_update{service="web",state="rolled_back"} 1"#),
+            "{out}"
+        );
+        assert!(
+            l.contains(&r#"berth_service_update{service="web",state="updated"} 0"#),
+            "{out}"
+        );
+        assert!(
+            !out.contains(r#"berth_update_rollbacks_total{service="db"}"#),
+            "{out}"
+        );
     }
 
     #[test]

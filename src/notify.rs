@@ -48,6 +48,8 @@ pub enum Kind {
     Failed,
     Unhealthy,
     Recovered,
+    /// An image update did not become healthy and was rolled back.
+    RolledBack,
 }
 
 /// One bubble to show.
@@ -73,6 +75,17 @@ impl Notification {
         let (urgency, summary, body) = match kind {
             Kind::Failed => (Urgency::Critical, format!("{name} failed"), reason()),
             Kind::Unhealthy => (Urgency::Normal, format!("{name} is unhealthy"), reason()),
+            Kind::RolledBack => (
+                Urgency::Normal,
+                format!("{name}: update rolled back"),
+                format!(
+                    "{}; it runs the previous image again",
+                    st.update
+                        .as_ref()
+                        .and_then(|u| u.reason.clone())
+                        .unwrap_or_else(|| "the new image did not become healthy".into())
+                ),
+            ),
             Kind::Recovered => (
                 Urgency::Low,
                 format!("{name} is running again"),
@@ -104,6 +117,8 @@ enum Shown {
 #[derive(Debug, Default)]
 struct Seen {
     shown: Shown,
+    /// When the last rollback this tracker saw happened (unix seconds).
+    rolled_back_at: Option<u64>,
     /// When the last notification that counts for the debounce went out.
     last: Option<Instant>,
 }
@@ -136,6 +151,14 @@ impl Tracker {
         let mut out = Vec::new();
         for st in &snap.services {
             let seen = self.services.entry(st.name.clone()).or_default();
+            // A rollback is news once, whatever the state says (the old image usually runs
+            // fine again); not debounced: it does not flap.
+            if let Some(at) = rolled_back_at(st) {
+                if seen.rolled_back_at != Some(at) {
+                    seen.rolled_back_at = Some(at);
+                    out.push(Notification::about(st, Kind::RolledBack));
+                }
+            }
             let due = match (st.state, seen.shown) {
                 (State::Failed, Shown::Failed) => None,
                 (State::Failed, _) => Some(Kind::Failed),
@@ -169,7 +192,7 @@ impl Tracker {
             seen.shown = match kind {
                 Kind::Failed => Shown::Failed,
                 Kind::Unhealthy => Shown::Unhealthy,
-                Kind::Recovered => Shown::Nothing,
+                Kind::Recovered | Kind::RolledBack => Shown::Nothing,
             };
             out.push(Notification::about(st, kind));
         }
@@ -182,6 +205,8 @@ impl Tracker {
         let mut failed = Vec::new();
         for st in &snap.services {
             let seen = self.services.entry(st.name.clone()).or_default();
+            // A rollback from before this login was told then.
+            seen.rolled_back_at = rolled_back_at(st);
             match st.state {
                 State::Failed => {
                     seen.shown = Shown::Failed;
@@ -210,6 +235,14 @@ impl Tracker {
             }],
         }
     }
+}
+
+/// When `st` was last rolled back, while its update says so.
+fn rolled_back_at(st: &ServiceStatus) -> Option<u64> {
+    st.update
+        .as_ref()
+        .filter(|u| u.state == berth_proto::UpdateState::RolledBack)
+        .map(|u| u.at)
 }
 
 fn clip(text: &str) -> String {
@@ -446,6 +479,7 @@ mod tests {
             hint: None,
             locked: false,
             note: None,
+            update: None,
             unit: format!("berth-{name}.service"),
             unit_state: String::new(),
             ports: vec![PortStatus {
@@ -637,6 +671,33 @@ mod tests {
                 t0 + Duration::from_secs(70)
             ),
             Vec::new()
+        );
+    }
+
+    #[test]
+    fn a_rollback_is_told_once_with_its_reason() {
+        let t0 = Instant::now();
+        let mut t = started(&[("web", State::Running)], t0);
+        let mut snap = snap(&[("web", State::Running)]);
+        snap.services[0].update = Some(berth_proto::UpdateStatus {
+            state: berth_proto::UpdateState::RolledBack,
+            from: vec!["sha256:aa".into()],
+            to: vec!["localhost/web:2".into()],
+            reason: Some("not healthy within 6s of the swap (unhealthy)".into()),
+            at: 1_700_000_100,
+            rollbacks: 1,
+        });
+        let ns = t.update(&snap, t0 + Duration::from_secs(1));
+        assert_eq!(kinds(&ns), [(Some("web"), Kind::RolledBack)]);
+        assert_eq!(ns[0].summary, "web: update rolled back");
+        assert!(
+            ns[0].body.starts_with("not healthy within 6s"),
+            "{:?}",
+            ns[0]
+        );
+        assert!(
+            t.update(&snap, t0 + Duration::from_secs(2)).is_empty(),
+            "once"
         );
     }
 

@@ -136,6 +136,44 @@ pub fn plan(desired: &Desired, actual: &Actual) -> Plan {
         if d.choice == Choice::Off {
             continue;
         }
+        // A running service whose images changed keeps running on the old ones until the new
+        // ones are here: pull first, swap after (its unit files are written then).
+        let running_now = d
+            .units
+            .first()
+            .is_some_and(|m| actual.units.get(&m.name).is_some_and(|u| u.is_active()));
+        if running_now
+            && d.choice == Choice::On
+            && d.blocked.is_none()
+            && d.units
+                .iter()
+                .any(|u| actual.unit_files.get(&u.name) != Some(&u.content))
+        {
+            let mut why = Vec::new();
+            for image in d
+                .images
+                .iter()
+                .filter(|i| actual.images.get(*i) == Some(&false))
+            {
+                match actual.pulls.get(image) {
+                    Some(PullState::Failed(e)) if !d.force && !d.retry => why.push(format!(
+                        "the new image {image} could not be pulled: {e}; the old one keeps running"
+                    )),
+                    Some(PullState::Running) => why.push(format!("pulling {image}")),
+                    _ => {
+                        pulls.push(Action::Pull {
+                            service: name.clone(),
+                            image: image.clone(),
+                        });
+                        why.push(format!("pulling {image}"));
+                    }
+                }
+            }
+            if !why.is_empty() {
+                waiting.insert(name.clone(), why.join("; "));
+                continue;
+            }
+        }
         let mut changed = false;
         for u in &d.units {
             if actual.unit_files.get(&u.name) != Some(&u.content) {

@@ -97,6 +97,12 @@ pub trait Podman: Send + Sync {
     fn ping(&self) -> impl Future<Output = Result<String, PodmanError>> + Send;
     /// Whether the image is in local storage.
     fn image_exists(&self, image: &str) -> impl Future<Output = Result<bool, PodmanError>> + Send;
+    /// The id of the image a reference (tag, digest or id) names in local storage now; None
+    /// when there is no such image.
+    fn image_id(
+        &self,
+        image: &str,
+    ) -> impl Future<Output = Result<Option<String>, PodmanError>> + Send;
     /// Pulls, sending one human-readable progress line per event to `progress`; Err when the pull
     /// fails (e.g. registry unreachable), with podman's message.
     fn pull(
@@ -197,6 +203,8 @@ pub struct ContainerInspect {
     pub name: String,
     /// The image as the container was created from it (name, else the image id).
     pub image: String,
+    /// The id of the image the container runs (`Image`), whatever its tag names now.
+    pub image_id: String,
     /// `State.Status`: "running", "exited", "created", ...
     pub status: String,
     pub running: bool,
@@ -403,6 +411,17 @@ impl Podman for PodmanClient {
         let what = format!("check image {image}");
         self.exists(&what, &format!("/images/{}/exists", encode(image)))
             .await
+    }
+
+    async fn image_id(&self, image: &str) -> Result<Option<String>, PodmanError> {
+        let what = format!("inspect image {image}");
+        let path = format!("/images/{}/json", encode(image));
+        let answer = self.call(&what, Method::GET, &path).await?;
+        if answer.status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let raw: RawImage = answer.success(&what)?.decode(&what)?;
+        Ok((!raw.id.is_empty()).then_some(raw.id))
     }
 
     async fn pull(&self, image: &str, progress: mpsc::Sender<String>) -> Result<(), PodmanError> {
@@ -762,6 +781,13 @@ struct RawVersion {
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
+struct RawImage {
+    #[serde(rename = "Id", deserialize_with = "null_default")]
+    id: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
 struct RawListContainer {
     #[serde(rename = "Id", deserialize_with = "null_default")]
     id: String,
@@ -889,6 +915,7 @@ impl From<RawInspect> for ContainerInspect {
             .into_iter()
             .flatten()
             .find(|health| !health.status.is_empty());
+        let image_id = raw.image.clone();
         let image = [raw.image_name, raw.config.image, raw.image]
             .into_iter()
             .find(|image| !image.is_empty())
@@ -910,6 +937,7 @@ impl From<RawInspect> for ContainerInspect {
             // The Docker-compatible API prefixes names with '/'; libpod does not.
             name: raw.name.trim_start_matches('/').to_owned(),
             image,
+            image_id,
             status: raw.state.status,
             running: raw.state.running,
             started_at: raw.state.started_at,

@@ -142,19 +142,20 @@ pub fn check_image(image: &str) -> Result<(), String> {
             "image {image:?} must name its registry (e.g. docker.io/{image})"
         ));
     }
+    if let Some(d) = digest {
+        check_digest(image, d)?;
+    }
     let last = name.rsplit('/').next().unwrap_or(name);
     let tag = last.split_once(':').map(|(_, t)| t);
-    if let Some(d) = digest {
-        if !d.starts_with("sha256:") || d.len() != 71 {
-            return Err(format!("image {image:?} has a malformed digest"));
-        }
-        return Ok(());
-    }
     match tag {
-        None => Err(format!("image {image:?} must pin a tag or digest")),
-        Some("latest") => Err(format!(
-            "image {image:?} uses the moving tag \"latest\"; pin a version"
-        )),
+        // A digest pins the image by itself; a tag beside it is only a label.
+        None if digest.is_some() => {}
+        None => return Err(format!("image {image:?} must pin a tag or digest")),
+        Some("latest") if digest.is_none() => {
+            return Err(format!(
+                "image {image:?} uses the moving tag \"latest\"; pin a version"
+            ))
+        }
         Some(t)
             if t.is_empty()
                 || t.len() > 128
@@ -162,23 +163,49 @@ pub fn check_image(image: &str) -> Result<(), String> {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) =>
         {
-            Err(format!("image {image:?} has a malformed tag"))
+            return Err(format!("image {image:?} has a malformed tag"))
         }
-        Some(_) => {
-            let path = &name[..name.len() - tag.map_or(0, |t| t.len() + 1)];
-            let repo = &path[first.len() + 1..];
-            if repo.is_empty()
-                || !repo
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/".contains(&b))
-            {
-                return Err(format!(
-                    "image {image:?} has a malformed repository (lowercase letters, digits, . _ - /)"
-                ));
-            }
-            Ok(())
-        }
+        Some(_) => {}
     }
+    let path = &name[..name.len() - tag.map_or(0, |t| t.len() + 1)];
+    let repo = &path[first.len() + 1..];
+    if repo.is_empty()
+        || !repo
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/".contains(&b))
+    {
+        return Err(format!(
+            "image {image:?} has a malformed repository (lowercase letters, digits, . _ - /)"
+        ));
+    }
+    Ok(())
+}
+
+/// `sha256:` and 64 lowercase hex digits: the only digest Podman's registries use.
+fn check_digest(image: &str, d: &str) -> Result<(), String> {
+    let Some(hex) = d.strip_prefix("sha256:") else {
+        return Err(format!(
+            "image {image:?} has a malformed digest: it must be sha256:<64 hex digits>"
+        ));
+    };
+    if hex.len() != 64
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err(format!(
+            "image {image:?} has a malformed digest: sha256 wants 64 lowercase hex digits, found {} characters{}",
+            hex.len(),
+            if hex.bytes().all(|b| b.is_ascii_hexdigit()) { "" } else { " with non-hex ones" }
+        ));
+    }
+    Ok(())
+}
+
+/// Whether an image reference is pinned by digest (`name@sha256:…`, `name:tag@sha256:…`):
+/// such an image never changes, so `berth update` leaves it alone.
+pub fn is_pinned(image: &str) -> bool {
+    image.contains("@sha256:")
 }
 
 const CAPS: &[&str] = &[
@@ -1560,6 +1587,26 @@ mod tests {
         assert!(check_image("localhost/berth-demo:1").is_ok());
         assert!(check_image("registry.example:5000/a/b:v1").is_ok());
         assert!(check_image(&format!("quay.io/x/y@sha256:{}", "a".repeat(64))).is_ok());
+        assert!(check_image(&format!("quay.io/x/y:1.2@sha256:{}", "0f".repeat(32))).is_ok());
+        let short =
+            check_image(&format!("quay.io/x/y@sha256:{}", "a".repeat(63))).expect_err("63 digits");
+        assert!(
+            short.contains("64 lowercase hex digits, found 63"),
+            "{short}"
+        );
+        assert!(check_image(&format!("quay.io/x/y@sha256:{}", "A".repeat(64))).is_err());
+        assert!(check_image(&format!("quay.io/x/y@sha256:{}", "g".repeat(64))).is_err());
+        assert!(check_image(&format!("quay.io/x/y@md5:{}", "a".repeat(64))).is_err());
+        assert!(check_image(&format!("quay.io/X/y@sha256:{}", "a".repeat(64))).is_err());
+        assert!(
+            check_image(&format!("x/y@sha256:{}", "a".repeat(64))).is_err(),
+            "registry"
+        );
+        assert!(is_pinned(&format!(
+            "quay.io/x/y:1@sha256:{}",
+            "a".repeat(64)
+        )));
+        assert!(!is_pinned("quay.io/x/y:1"));
         assert!(
             check_image("n8nio/n8n:1.0").is_err(),
             "registry is required"

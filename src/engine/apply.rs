@@ -87,7 +87,13 @@ where
         if !self.loaded() {
             return Err(self.not_loaded());
         }
-        let want = desired::desired(&self.catalog.current, &self.state, &self.intent, &self.ctx);
+        let want = desired::desired(
+            &self.catalog.current,
+            &self.state,
+            &self.intent,
+            &self.ctx,
+            &self.rollouts.holds(&self.catalog.current),
+        );
         let actual = self
             .actual(&want)
             .await
@@ -145,7 +151,13 @@ where
             ));
             return report;
         }
-        let want = desired::desired(&self.catalog.current, &self.state, &self.intent, &self.ctx);
+        let want = desired::desired(
+            &self.catalog.current,
+            &self.state,
+            &self.intent,
+            &self.ctx,
+            &self.rollouts.holds(&self.catalog.current),
+        );
         let actual = match self.actual(&want).await {
             Ok(a) => a,
             Err(e) => {
@@ -157,6 +169,8 @@ where
         };
         self.check_stale = false;
         let plan = plan::plan(&want, &actual);
+        // What restarting services run now is kept before they restart onto other images.
+        self.begin_swaps(&plan).await;
         // A forced (re)start or a retry is consumed by planning it once.
         self.intent.force.clear();
         self.intent.retry.clear();

@@ -89,6 +89,12 @@ pub enum Command {
     ConfigError(Option<String>),
     /// Scheduled backups as their task last ran them (part of the daemon's info).
     BackupSeen(Option<berth_proto::BackupScheduleInfo>),
+    /// `berth update [NAME]`: pull, compare, swap where the images changed; answered once
+    /// every service has its outcome.
+    Update {
+        service: Option<String>,
+        reply: oneshot::Sender<Result<berth_proto::UpdateAnswer, EngineError>>,
+    },
     /// The current picture and, from that very moment, every event after it.
     Subscribe {
         reply: oneshot::Sender<(Arc<Snapshot>, broadcast::Receiver<Event>)>,
@@ -189,6 +195,15 @@ impl Handle {
             reply,
         })
         .await?
+    }
+
+    /// Updates one service (or every enabled one); waits for swaps to prove healthy.
+    pub async fn update(
+        &self,
+        service: Option<&str>,
+    ) -> Result<berth_proto::UpdateAnswer, EngineError> {
+        let service = service.map(str::to_string);
+        self.ask(|reply| Command::Update { service, reply }).await?
     }
 
     pub async fn status(&self, service: Option<&str>) -> Result<Vec<ServiceStatus>, EngineError> {

@@ -33,14 +33,35 @@ pub(super) fn blocked(svc: &crate::catalog::Service, ctx: &RenderCtx) -> Option<
         .then(|| "needs a GPU and none was found".to_string())
 }
 
+/// Images a rollback holds services on: service → container → image id (see `rollouts.rs`).
+pub(super) type Holds = BTreeMap<String, BTreeMap<String, String>>;
+
+/// `svc` with the images a rollback holds it on in place of the catalog's.
+pub(super) fn held(
+    svc: &crate::catalog::Service,
+    holds: &Holds,
+) -> Option<crate::catalog::Service> {
+    let hold = holds.get(&svc.name)?;
+    let mut svc = svc.clone();
+    for c in &mut svc.containers {
+        if let Some(id) = hold.get(&c.name) {
+            c.image = id.clone();
+        }
+    }
+    Some(svc)
+}
+
 pub(super) fn desired(
     catalog: &Catalog,
     state: &UserState,
     intent: &Intent,
     ctx: &RenderCtx,
+    holds: &Holds,
 ) -> Desired {
     let mut services = BTreeMap::new();
     for (name, svc) in &catalog.services {
+        let held = held(svc, holds);
+        let svc = held.as_ref().unwrap_or(svc);
         let mut choice = choice(catalog, state, name);
         // An on-demand service runs only between a connection and its idle stop.
         if svc.on_demand && choice == Choice::On && !intent.awake.contains(name) {

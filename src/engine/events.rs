@@ -124,6 +124,7 @@ mod tests {
             probe: None,
             locked: false,
             note: None,
+            update: None,
         }
     }
 

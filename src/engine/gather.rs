@@ -97,7 +97,13 @@ where
             let running = units
                 .get(main)
                 .is_some_and(|u| u.is_active() || u.active == "activating");
-            if running && !d.force {
+            // A running service is asked about only when it is to restart, or its units
+            // changed (new images are pulled before the swap).
+            let changed = d
+                .units
+                .iter()
+                .any(|u| unit_files.get(&u.name) != Some(&u.content));
+            if running && !d.force && !changed {
                 continue;
             }
             for image in &d.images {
@@ -233,7 +239,11 @@ where
             .map_err(|e| EngineError::Gather(super::full_message(&GatherError::Systemd(e))))?;
         self.podman_socket(socket.as_ref()).await;
         let mut facts: BTreeMap<String, ServiceFacts> = BTreeMap::new();
+        let holds = self.rollouts.holds(&catalog);
         for (name, svc) in &catalog.services {
+            let held = super::desired::held(svc, &holds);
+            // A swap is judged on what the new containers say, never on a kept answer.
+            let swapping = self.rollouts.is_pending(name);
             if only.is_some_and(|o| o != name) {
                 continue;
             }
@@ -246,7 +256,7 @@ where
                 let inspect = if !look {
                     self.inspected.forget(&cname);
                     None
-                } else if only.is_some() {
+                } else if only.is_some() || swapping {
                     // Someone asks about this service now: always fresh.
                     self.inspect_fresh(&cname, cunit).await
                 } else {
@@ -261,7 +271,11 @@ where
                 containers.push(ContainerStatus {
                     name: cname,
                     unit: units::container_unit(svc, ctr),
-                    image: ctr.image.clone(),
+                    // The image it runs: a rollback's hold, else the catalog's.
+                    image: held
+                        .as_ref()
+                        .and_then(|h| h.containers.iter().find(|c| c.name == ctr.name))
+                        .map_or_else(|| ctr.image.clone(), |c| c.image.clone()),
                     state: inspect
                         .as_ref()
                         .map_or_else(|| "absent".to_string(), |i| i.status.clone()),
@@ -340,6 +354,7 @@ where
             },
             only,
         );
+        self.judge_swaps(&mut statuses).await;
         let now = self.now();
         for e in self.seen.observe(&mut statuses, only.is_none(), now) {
             self.emit(e);

@@ -10,6 +10,7 @@
 //! - `gather.rs`: the actual state, and the facts a status refresh needs;
 //! - `apply.rs`: one pass — plan and carry it out, one failing service isolated;
 //! - `pulls.rs`: image pulls in the background, failures kept across restarts;
+//! - `rollouts.rs`: image swaps with a health window and rollback, `berth update`;
 //! - `inspect.rs`: the cache of container inspections;
 //! - `probes.rs`: berth's own HTTP/TCP probes;
 //! - `remotes.rs`: health checks of the services the cloud provides;
@@ -29,6 +30,7 @@ mod inspect;
 mod probes;
 mod pulls;
 mod remotes;
+mod rollouts;
 mod run;
 mod view;
 
@@ -53,6 +55,8 @@ use self::probes::{ProbeDone, Probes};
 pub use self::pulls::reason as pull_reason;
 use self::pulls::{PullDone, Pulls};
 use self::remotes::{RemoteChecks, RemoteDone};
+pub use self::rollouts::short_id;
+use self::rollouts::{Rollouts, UpdateRequest};
 use crate::clock::Clock;
 use crate::files::{Files, UnitDir};
 use crate::paths::Paths;
@@ -102,6 +106,9 @@ pub struct Engine<S, P, F, C> {
     state: UserState,
     secrets: SecretStore,
     pulls: Pulls,
+    rollouts: Rollouts,
+    /// `berth update` calls waiting for their outcomes.
+    updates: Vec<UpdateRequest>,
     intent: Intent,
     /// What the last pass could not do, by service.
     apply_errors: BTreeMap<String, String>,
@@ -230,6 +237,7 @@ where
         let (tx, rx) = mpsc::channel(64);
         let (events_tx, _) = broadcast::channel(EVENT_BACKLOG);
         let pulls = Pulls::load(&edges.files, paths.state_dir.join("pulls.toml"), pull_tx).await;
+        let rollouts = Rollouts::load(&edges.files, paths.state_dir.join("rollouts.toml")).await;
         let proxy = Arc::new(ProxyShared::default());
         let units_changed = Arc::new(Notify::new());
         let layers_changed = Arc::new(Notify::new());
@@ -253,6 +261,8 @@ where
             state,
             secrets,
             pulls,
+            rollouts,
+            updates: Vec::new(),
             intent: Intent::default(),
             apply_errors: BTreeMap::new(),
             waiting: BTreeMap::new(),

@@ -142,6 +142,7 @@ where
                 Wake::Pull(d) => {
                     let now = self.now();
                     self.pulls.done(&d, now, &self.edges.files).await;
+                    self.update_pulled(&d.image, &d.result).await;
                     self.pass_and_refresh().await;
                 }
                 Wake::Probe(d) => {
@@ -164,7 +165,13 @@ where
                     self.refresh_all().await;
                     self.start_probes();
                 }
-                Wake::ProbeTick => self.start_probes(),
+                Wake::ProbeTick => {
+                    self.start_probes();
+                    // A swap's window is judged every second, not every health tick.
+                    if self.rollouts.any_pending() {
+                        self.refresh_all().await;
+                    }
+                }
                 Wake::SafetyTick => {
                     let now = self.now();
                     if let Some(r) = self.catalog.reload_if_changed(&self.edges.files, now).await {
@@ -173,6 +180,10 @@ where
                     }
                     self.pass_and_refresh().await;
                 }
+            }
+            // A rollback or an update asked for a pass (each pass may settle another).
+            while std::mem::take(&mut self.rollouts.pass_due) {
+                self.pass_and_refresh().await;
             }
         }
     }
@@ -284,6 +295,7 @@ where
                     self.refresh_all().await;
                 }
             }
+            Command::Update { service, reply } => self.update(service, reply).await,
             Command::Subscribe { reply } => {
                 let snapshot = self.current_snapshot().await;
                 // Subscribed here, in the engine's own task: no event can slip in between

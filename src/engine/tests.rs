@@ -981,3 +981,289 @@ async fn a_remote_layer_is_validated_over_the_others_and_a_broken_one_changes_no
     assert_eq!(rig.systemd.starts(&unit("a")), starts);
     e.stop().await;
 }
+
+/// A service with a health check whose start period is 5 s (a window of 5 + 1 + 1 s).
+fn healthy_service(name: &str, port: u16, image: &str) -> String {
+    format!(
+        r#"name = "{name}"
+description = "a test service with a health check"
+
+[[containers]]
+name = "web"
+image = "{image}"
+
+[containers.health]
+cmd = "wget -q -O /dev/null http://127.0.0.1:8080/"
+interval = "1s"
+timeout = "1s"
+retries = 3
+start_period = "5s"
+
+[[containers.ports]]
+name = "http"
+host = {port}
+container = 8080
+"#
+    )
+}
+
+fn unit_text(rig: &Rig, name: &str) -> String {
+    rig.files
+        .text(rig.paths.unit_dir.join(unit(name)))
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_new_image_that_never_becomes_healthy_is_rolled_back_and_not_retried() {
+    let rig = Rig::new();
+    rig.podman.tag("localhost/a:1", "id-a1");
+    rig.podman.tag("localhost/a:2", "id-a2");
+    rig.catalog("a.toml", &healthy_service("a", 19001, "localhost/a:1"));
+    rig.catalog("b.toml", &service("b", 19002));
+    rig.choose(&["a", "b"]);
+    rig.podman.set_health("berth-a", "healthy");
+    let e = rig.start().await;
+    until(&e.handle, "a", "running", |s| s.state == State::Running).await;
+    assert_eq!(rig.systemd.starts(&unit("a")), 1);
+
+    // The admin names a new image; it runs but never passes its health check.
+    rig.podman.set_image_health("id-a2", "unhealthy");
+    rig.catalog("a.toml", &healthy_service("a", 19001, "localhost/a:2"));
+    e.handle.reload().await.expect("reload");
+    assert_eq!(rig.systemd.starts(&unit("a")), 2, "swapped");
+    assert!(unit_text(&rig, "a").contains("localhost/a:2"));
+    let st = status(&e.handle, "a").await;
+    let u = st.update.clone().expect("an update under way");
+    assert_eq!(u.state, berth_proto::UpdateState::Updating, "{st:?}");
+    assert_eq!(u.from, ["id-a1"]);
+
+    // Within the window nothing happens; after it, the old image runs again.
+    rig.clock.advance(3);
+    e.handle.reconcile().await.expect("pass");
+    assert_eq!(rig.systemd.starts(&unit("a")), 2, "still in its window");
+    rig.clock.advance(5);
+    let st = until(&e.handle, "a", "rolled back", |s| {
+        s.update
+            .as_ref()
+            .is_some_and(|u| u.state == berth_proto::UpdateState::RolledBack)
+            && rig.systemd.starts(&unit("a")) == 3
+    })
+    .await;
+    let u = st.update.clone().expect("update");
+    assert_eq!(u.rollbacks, 1);
+    let why = u.reason.clone().expect("a reason");
+    assert!(
+        why.starts_with("not healthy within 7s of the swap"),
+        "{why}"
+    );
+    assert!(
+        unit_text(&rig, "a").contains("id-a1"),
+        "the unit runs the old image id"
+    );
+    assert!(!unit_text(&rig, "a").contains("localhost/a:2"));
+    let st = until(&e.handle, "a", "running", |s| s.state == State::Running).await;
+    assert!(
+        st.reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("rolled back to the previous image: not healthy")),
+        "{st:?}"
+    );
+    assert_eq!(st.containers[0].image, "id-a1");
+    assert_eq!(rig.systemd.starts(&unit("b")), 1, "b was not touched");
+
+    // No retry loop: passes, health ticks and time change nothing.
+    for _ in 0..3 {
+        rig.clock.advance(60);
+        e.handle.reconcile().await.expect("pass");
+        status(&e.handle, "a").await;
+    }
+    assert_eq!(
+        rig.systemd.starts(&unit("a")),
+        3,
+        "the bad image is not tried again"
+    );
+
+    // The hold and the count survive a restart of the daemon.
+    e.stop().await;
+    let e = rig.start().await;
+    let st = status(&e.handle, "a").await;
+    assert_eq!(rig.systemd.starts(&unit("a")), 3, "{st:?}");
+    assert_eq!(st.update.as_ref().map(|u| u.rollbacks), Some(1));
+    assert!(unit_text(&rig, "a").contains("id-a1"));
+    assert_eq!(
+        rig.files.mode(rig.paths.state_dir.join("rollouts.toml")),
+        Some(0o600)
+    );
+
+    // Another image in the catalog lets go of the hold, and swaps from the old image.
+    rig.podman.tag("localhost/a:3", "id-a3");
+    rig.catalog("a.toml", &healthy_service("a", 19001, "localhost/a:3"));
+    e.handle.reload().await.expect("reload");
+    assert_eq!(rig.systemd.starts(&unit("a")), 4);
+    let st = until(&e.handle, "a", "updated", |s| {
+        s.update
+            .as_ref()
+            .is_some_and(|u| u.state == berth_proto::UpdateState::Updated)
+    })
+    .await;
+    assert_eq!(
+        st.update.as_ref().map(|u| u.from.clone()),
+        Some(vec!["id-a1".to_string()])
+    );
+    e.stop().await;
+}
+
+#[tokio::test]
+async fn update_of_an_unchanged_image_is_a_no_op_and_of_a_moved_tag_swaps() {
+    let rig = Rig::new();
+    let image = "registry.example/a:1";
+    rig.podman.tag(image, "id-v1");
+    rig.catalog("a.toml", &healthy_service("a", 19001, image));
+    rig.choose(&["a"]);
+    rig.podman.set_health("berth-a", "healthy");
+    let e = rig.start().await;
+    until(&e.handle, "a", "running", |s| s.state == State::Running).await;
+    rig.systemd.clear_calls();
+
+    let a = e.handle.update(Some("a")).await.expect("update");
+    assert_eq!(a.services.len(), 1);
+    assert_eq!(
+        a.services[0].result,
+        berth_proto::UpdateResult::Current,
+        "{a:?}"
+    );
+    assert_eq!(
+        a.services[0].message,
+        "already current: registry.example/a:1 is id-v1"
+    );
+    assert_eq!(rig.podman.pulls(), [image], "pulled first");
+    assert_eq!(rig.systemd.calls(), [], "nothing restarted");
+    assert_eq!(rig.systemd.starts(&unit("a")), 1);
+
+    // The registry's tag moved: the pull brings the new image, and the service swaps to it.
+    rig.podman.tag(image, "id-v2");
+    let a = e.handle.update(None).await.expect("update all");
+    assert_eq!(
+        a.services[0].result,
+        berth_proto::UpdateResult::Updated,
+        "{a:?}"
+    );
+    assert_eq!(
+        a.services[0].message,
+        "updated from id-v1 to id-v2 (registry.example/a:1)"
+    );
+    assert_eq!(rig.systemd.starts(&unit("a")), 2);
+    let st = status(&e.handle, "a").await;
+    assert_eq!(
+        st.update.map(|u| u.state),
+        Some(berth_proto::UpdateState::Updated)
+    );
+
+    // Unknown and not enabled services are errors, not outcomes.
+    assert!(matches!(
+        e.handle.update(Some("nope")).await,
+        Err(EngineError::UnknownService(_))
+    ));
+    e.stop().await;
+}
+
+#[tokio::test]
+async fn update_of_a_moved_tag_that_never_becomes_healthy_rolls_back_and_says_why() {
+    let rig = Rig::new();
+    rig.podman.tag("localhost/a:1", "id-good");
+    rig.catalog("a.toml", &healthy_service("a", 19001, "localhost/a:1"));
+    rig.choose(&["a"]);
+    rig.podman.set_health("berth-a", "healthy");
+    let e = rig.start().await;
+    until(&e.handle, "a", "running", |s| s.state == State::Running).await;
+    rig.podman.tag("localhost/a:1", "id-bad");
+    rig.podman.set_image_health("id-bad", "unhealthy");
+    let h = e.handle.clone();
+    let asked = tokio::spawn(async move { h.update(Some("a")).await });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while rig.systemd.starts(&unit("a")) < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "never swapped");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    rig.clock.advance(10);
+    let a = asked.await.expect("joined").expect("update");
+    assert_eq!(
+        a.services[0].result,
+        berth_proto::UpdateResult::RolledBack,
+        "{a:?}"
+    );
+    assert!(
+        a.services[0]
+            .message
+            .starts_with("rolled back to id-good: not healthy within 7s"),
+        "{a:?}"
+    );
+    until(&e.handle, "a", "back on the old image", |_| {
+        rig.systemd.starts(&unit("a")) == 3 && unit_text(&rig, "a").contains("id-good")
+    })
+    .await;
+    // The tag still names the bad image: nothing tries it again by itself.
+    rig.clock.advance(120);
+    e.handle.reconcile().await.expect("pass");
+    assert_eq!(rig.systemd.starts(&unit("a")), 3);
+    e.stop().await;
+}
+
+#[tokio::test]
+async fn update_of_a_pinned_image_says_so_and_does_nothing() {
+    let rig = Rig::new();
+    let pinned = format!("registry.example/a@sha256:{}", "c".repeat(64));
+    rig.podman.add_images([pinned.as_str()]);
+    rig.catalog("a.toml", &service("a", 19001).replace(IMAGE, &pinned));
+    rig.choose(&["a"]);
+    let e = rig.start().await;
+    assert!(unit_text(&rig, "a").contains(&pinned), "rendered as it is");
+    rig.systemd.clear_calls();
+    let a = e.handle.update(Some("a")).await.expect("update");
+    assert_eq!(
+        a.services[0].result,
+        berth_proto::UpdateResult::Pinned,
+        "{a:?}"
+    );
+    assert_eq!(
+        a.services[0].message,
+        format!("pinned to {pinned}; nothing to update")
+    );
+    assert_eq!(rig.podman.pulls(), Vec::<String>::new(), "nothing pulled");
+    assert_eq!(rig.systemd.calls(), [], "nothing restarted");
+    e.stop().await;
+}
+
+#[tokio::test]
+async fn a_new_image_missing_locally_is_pulled_before_the_running_service_swaps() {
+    let rig = Rig::new();
+    rig.catalog("a.toml", &service("a", 19001));
+    rig.choose(&["a"]);
+    let e = rig.start().await;
+    let gate = rig.podman.hold_pulls();
+    rig.systemd.clear_calls();
+    rig.catalog(
+        "a.toml",
+        &service("a", 19001).replace(IMAGE, "registry.example/a:2"),
+    );
+    e.handle.reload().await.expect("reload");
+    assert_eq!(rig.podman.pulls(), ["registry.example/a:2"]);
+    assert_eq!(
+        rig.systemd.calls(),
+        [],
+        "the old container keeps running while it pulls"
+    );
+    assert!(
+        unit_text(&rig, "a").contains(IMAGE),
+        "units unchanged until the pull is done"
+    );
+    let st = status(&e.handle, "a").await;
+    assert_eq!(st.state, State::Running, "{st:?}");
+    gate.notify_one();
+    until(&e.handle, "a", "swapped", |_| {
+        rig.systemd.starts(&unit("a")) == 2
+    })
+    .await;
+    assert!(unit_text(&rig, "a").contains("registry.example/a:2"));
+    e.stop().await;
+}

@@ -189,6 +189,7 @@ fn one(
             (svc.gpu == crate::catalog::Gpu::Optional && !f.gpu_available)
                 .then(|| "runs on CPU: no GPU found (see `berth info`)".to_string())
         }),
+        update: None,
     }
 }
 

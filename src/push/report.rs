@@ -153,6 +153,9 @@ pub struct Service {
     pub since: Option<u64>,
     pub restarts: u32,
     pub ports: Vec<Port>,
+    /// The last image update: under way, done, or rolled back with the reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<berth_proto::UpdateStatus>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -219,6 +222,7 @@ impl Report {
                     since: s.since,
                     restarts: s.restarts,
                     ports: s.ports.iter().map(port).collect(),
+                    update: s.update.clone(),
                 })
                 .collect(),
             spool: SpoolInfo {
@@ -243,6 +247,8 @@ fn port(p: &PortStatus) -> Port {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChangeKey {
     services: BTreeSet<(String, &'static str, String)>,
+    /// Each service's last update: its state and when it got there (a rollback is news).
+    updates: BTreeSet<(String, &'static str, u64)>,
     catalog_broken: bool,
 }
 
@@ -258,6 +264,15 @@ impl ChangeKey {
                         s.state.as_str(),
                         s.reason.as_deref().map(reason_class).unwrap_or_default(),
                     )
+                })
+                .collect(),
+            updates: snap
+                .services
+                .iter()
+                .filter_map(|s| {
+                    s.update
+                        .as_ref()
+                        .map(|u| (s.name.clone(), u.state.as_str(), u.at))
                 })
                 .collect(),
             catalog_broken: snap.daemon.catalog_error.is_some(),
@@ -365,6 +380,7 @@ pub(crate) mod tests {
                     hint: None,
                     locked: false,
                     note: None,
+                    update: None,
                     unit: format!("berth-{name}.service"),
                     unit_state: "active/running".into(),
                     ports: vec![PortStatus {

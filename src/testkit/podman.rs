@@ -17,6 +17,13 @@ struct Pod {
     down: bool,
     health: BTreeMap<String, String>,
     inspects: u64,
+    /// Image ids by reference (a tag moved by [`MemPodman::tag`]); an image without one has
+    /// the id `id-<reference>`.
+    ids: BTreeMap<String, String>,
+    /// Health of every container that runs an image id (over the health by container name).
+    image_health: BTreeMap<String, String>,
+    /// The image id each container start resolved to: (container, start) → id.
+    resolved: BTreeMap<(String, u64), String>,
 }
 
 /// A Podman in memory. Containers are what berth's units run: a container `berth-x` exists
@@ -82,6 +89,24 @@ impl MemPodman {
         g
     }
 
+    /// Points `image` at the image `id` (a re-tag, or a pull that brought a new image).
+    pub fn tag(&self, image: &str, id: &str) {
+        let mut p = lock(&self.state);
+        p.images.insert(image.to_string());
+        p.images.insert(id.to_string());
+        p.ids.insert(image.into(), id.into());
+    }
+
+    fn id_of(p: &Pod, image: &str) -> String {
+        p.ids.get(image).cloned().unwrap_or_else(|| {
+            if image.starts_with("id-") {
+                image.to_string()
+            } else {
+                format!("id-{image}")
+            }
+        })
+    }
+
     /// The API stops answering (or answers again).
     pub fn set_down(&self, down: bool) {
         lock(&self.state).down = down;
@@ -91,6 +116,14 @@ impl MemPodman {
         lock(&self.state)
             .health
             .insert(container.into(), health.into());
+    }
+
+    /// Every container running the image `id` reports `health` (a new image that never
+    /// passes its health check).
+    pub fn set_image_health(&self, id: &str, health: &str) {
+        lock(&self.state)
+            .image_health
+            .insert(id.into(), health.into());
     }
 
     /// Inspections answered so far (a steady service must not cost one per refresh).
@@ -116,6 +149,12 @@ impl Podman for MemPodman {
     async fn image_exists(&self, image: &str) -> Result<bool, PodmanError> {
         self.check("image exists")?;
         Ok(self.has_image(image))
+    }
+
+    async fn image_id(&self, image: &str) -> Result<Option<String>, PodmanError> {
+        self.check("image inspect")?;
+        let p = lock(&self.state);
+        Ok(p.images.contains(image).then(|| Self::id_of(&p, image)))
     }
 
     async fn pull(&self, image: &str, progress: mpsc::Sender<String>) -> Result<(), PodmanError> {
@@ -153,18 +192,40 @@ impl Podman for MemPodman {
         self.check("inspect")?;
         let unit = format!("{name}.service");
         let starts = self.systemd.starts(&unit);
-        let health = {
-            let mut p = lock(&self.state);
-            p.inspects += 1;
-            p.health.get(name).cloned()
-        };
         if self.systemd.active(&unit) != "active" {
+            lock(&self.state).inspects += 1;
             return Ok(None);
         }
+        // The image a start ran: the reference in the unit, resolved once per start (a tag
+        // moved later does not change a running container).
+        let content = self.systemd.loaded(&unit).unwrap_or_default();
+        let (health, image, image_id) = {
+            let mut p = lock(&self.state);
+            p.inspects += 1;
+            let image = content
+                .split_whitespace()
+                .map(|w| w.trim_matches('"'))
+                .find(|w| p.images.contains(*w))
+                .unwrap_or_default()
+                .to_string();
+            let id = Self::id_of(&p, &image);
+            let image_id = p
+                .resolved
+                .entry((name.to_string(), starts))
+                .or_insert(id)
+                .clone();
+            let health = p
+                .image_health
+                .get(&image_id)
+                .or_else(|| p.health.get(name))
+                .cloned();
+            (health, image, image_id)
+        };
         Ok(Some(ContainerInspect {
             id: format!("{name}-{starts}"),
             name: name.to_string(),
-            image: String::new(),
+            image,
+            image_id,
             status: "running".into(),
             running: true,
             started_at: format!("2026-12-01T00:00:{:02}Z", starts % 60),

@@ -125,6 +125,11 @@ impl MemSystemd {
             .map_or_else(|| "inactive".into(), |u| u.active.clone())
     }
 
+    /// The unit file as systemd last loaded it.
+    pub fn loaded(&self, unit: &str) -> Option<String> {
+        lock(&self.0).units.get(unit).and_then(|u| u.loaded.clone())
+    }
+
     /// How many times a unit was started (each start is a new container).
     pub fn starts(&self, unit: &str) -> u64 {
         lock(&self.0).starts.get(unit).copied().unwrap_or(0)

@@ -197,6 +197,21 @@ impl Client {
         self.post(&format!("/v1/services/{name}/{verb}")).await
     }
 
+    /// Updates one service's images (or every enabled service's): pulls, compares, swaps
+    /// where they changed and waits for the swap's health window.
+    pub async fn update(
+        &self,
+        name: Option<&str>,
+    ) -> Result<berth_proto::UpdateAnswer, ClientError> {
+        match name {
+            Some(name) => {
+                check(name)?;
+                self.post(&format!("/v1/services/{name}/update")).await
+            }
+            None => self.post("/v1/update").await,
+        }
+    }
+
     pub async fn plan(&self) -> Result<Plan, ClientError> {
         self.get("/v1/plan").await
     }

@@ -170,6 +170,86 @@ pub struct ServiceStatus {
     /// Something the user should know that is not a fault (`runs on CPU: no GPU found`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The last image update of this service (a catalog change or `berth update`): under
+    /// way, done, or rolled back with the reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<UpdateStatus>,
+}
+
+/// Where an image update of a service stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateState {
+    /// The new image runs and berth waits for it to become healthy (its start period).
+    Updating,
+    /// The new image became healthy.
+    Updated,
+    /// The new image did not become healthy: the previous image runs again, and stays until
+    /// the catalog names another image or the user runs `berth update NAME`.
+    RolledBack,
+}
+
+impl UpdateState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateState::Updating => "updating",
+            UpdateState::Updated => "updated",
+            UpdateState::RolledBack => "rolled_back",
+        }
+    }
+}
+
+/// The last image update of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateStatus {
+    pub state: UpdateState,
+    /// The image ids before the swap (what a rollback returns to), one per container.
+    pub from: Vec<String>,
+    /// The images the swap went to, as the catalog names them.
+    pub to: Vec<String>,
+    /// Why it was rolled back.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Unix seconds of the last change of `state`.
+    pub at: u64,
+    /// Rollbacks of this service, kept across restarts of the daemon.
+    #[serde(default)]
+    pub rollbacks: u64,
+}
+
+/// What `berth update` did for one service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateResult {
+    /// Swapped to the image the tag names now, and it became healthy.
+    Updated,
+    /// The running containers already use the images their tags name.
+    Current,
+    /// Every image is pinned by digest: nothing to update.
+    Pinned,
+    /// The new image did not become healthy; the previous one runs again.
+    RolledBack,
+    /// Pulled, but the service does not run: it starts on the new image.
+    NotRunning,
+    /// The update could not be made (a pull failed…).
+    Failed,
+    /// A newer daemon's result this client does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateOutcome {
+    pub service: String,
+    pub result: UpdateResult,
+    /// One line for people: `updated from sha256:1a2b… to sha256:3c4d…`.
+    pub message: String,
+}
+
+/// The answer to `POST /v1/update` and `POST /v1/services/NAME/update`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateAnswer {
+    pub services: Vec<UpdateOutcome>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -580,6 +660,7 @@ mod tests {
             probe: None,
             locked: false,
             note: None,
+            update: None,
         }
     }
 

@@ -518,6 +518,7 @@ mod tests {
             probe: None,
             locked: false,
             note: None,
+            update: None,
         }
     }
 
