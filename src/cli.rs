@@ -583,7 +583,24 @@ async fn update(name: Option<&str>, json: bool) -> Result<()> {
     if let Some(n) = name {
         check_name(n)?;
     }
-    let a = client()?.update(name).await?;
+    let c = client()?;
+    // Progress on stderr while the daemon works: its pulls, and each swap as it begins. A
+    // daemon without an event stream only loses the progress.
+    let mut events = c.events().await.ok();
+    let asked = c.update(name);
+    tokio::pin!(asked);
+    let a = loop {
+        let Some(ev) = events.as_mut() else {
+            break asked.await?;
+        };
+        tokio::select! {
+            r = &mut asked => break r?,
+            e = ev.next() => match e {
+                Some(Ok(e)) => update_progress(&e, name),
+                _ => events = None,
+            },
+        }
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&a)?);
     } else if a.services.is_empty() {
@@ -605,6 +622,39 @@ async fn update(name: Option<&str>, json: bool) -> Result<()> {
         bail!("not updated: {}", bad.join(", "));
     }
     Ok(())
+}
+
+/// One line of `berth update`'s progress for an event of the daemon, about `only` or any.
+fn update_progress(e: &berth_proto::Event, only: Option<&str>) {
+    use berth_proto::{Event, PullProgress};
+    let ours = |s: &str| only.is_none_or(|o| o == s);
+    match e {
+        Event::Pull {
+            image,
+            services,
+            progress,
+        } if services.iter().any(|s| ours(s)) => match progress {
+            PullProgress::Started => eprintln!("pulling {image}"),
+            PullProgress::Line { text } => eprintln!("  {text}"),
+            PullProgress::Done => eprintln!("pulled {image}"),
+            PullProgress::Failed { error } => eprintln!("pull of {image} failed: {error}"),
+        },
+        Event::Service { status, .. } if ours(&status.name) => {
+            if let Some(u) = status
+                .update
+                .as_ref()
+                .filter(|u| u.state == berth_proto::UpdateState::Updating)
+            {
+                eprintln!(
+                    "{}: swapped to {}; waiting for it to become healthy ({})",
+                    status.name,
+                    u.to.join(", "),
+                    status.state
+                );
+            }
+        }
+        _ => {}
+    }
 }
 
 const NO_SETTLE: Settle = Settle { secs: 0 };

@@ -1178,3 +1178,71 @@ fn a_backup_schedule_is_read_and_checked_with_its_line() {
         assert!(e.to_string().contains(needle), "{policy}: {e}");
     }
 }
+
+// ---- digest pinning -----------------------------------------------------------------------
+
+#[test]
+fn a_malformed_digest_names_file_line_and_field() {
+    let e = one(&web_with_image(&format!(
+        "registry.corp/web@sha256:{}",
+        "a".repeat(40)
+    )))
+    .expect_err("short digest");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("/etc/berth/catalog.d/web.toml:7:")
+            && msg.contains("containers[0].image")
+            && msg.contains("64 lowercase hex digits, found 40"),
+        "{msg}"
+    );
+    let e = one(&web_with_image(&format!(
+        "registry.corp/web:2@sha512:{}",
+        "a".repeat(64)
+    )))
+    .expect_err("other algorithm");
+    assert!(
+        e.to_string().contains("must be sha256:<64 hex digits>"),
+        "{e}"
+    );
+}
+
+#[test]
+fn pinned_images_are_kept_as_written_and_held_to_the_allowed_patterns() {
+    let digest = format!("sha256:{}", "0123456789abcdef".repeat(4));
+    for image in [
+        format!("registry.corp/team/web@{digest}"),
+        format!("registry.corp/team/web:2.1@{digest}"),
+    ] {
+        let c = one(&web_with_image(&image)).expect("valid");
+        assert_eq!(c.get("web").expect("web").containers[0].image, image);
+    }
+    let policy = "allowed_images = [\"registry.corp/*\"]\n";
+    let refused = with_policy(
+        policy,
+        &[Source::new(
+            "/etc/berth/catalog.d/web.toml",
+            web_with_image(&format!("docker.io/evil/web@{digest}")),
+        )],
+    )
+    .expect("a refusal is not an error of the catalog");
+    let why = refused
+        .get("web")
+        .expect("kept")
+        .refused
+        .clone()
+        .expect("refused");
+    assert!(
+        why.contains(&format!("image docker.io/evil/web@{digest} is not allowed"))
+            && why.contains("policy rule `allowed_images` (/etc/berth/policy.toml:1)"),
+        "{why}"
+    );
+    let ok = with_policy(
+        policy,
+        &[Source::new(
+            "/etc/berth/catalog.d/web.toml",
+            web_with_image(&format!("registry.corp/team/web:2.1@{digest}")),
+        )],
+    )
+    .expect("valid");
+    assert_eq!(ok.get("web").expect("web").refused, None);
+}

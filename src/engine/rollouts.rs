@@ -299,17 +299,19 @@ impl Rollouts {
         }
     }
 
-    /// The user asked to update: a rollback stops holding the service.
-    pub async fn release(&mut self, service: &str, now: u64, files: &impl Files) {
-        if self
+    /// The user asked to update: a rollback stops holding the service. Whether one did.
+    pub async fn release(&mut self, service: &str, now: u64, files: &impl Files) -> bool {
+        let Some(r) = self
             .records
             .get(service)
-            .is_some_and(|r| r.phase == Phase::RolledBack)
-        {
-            let reason = self.records.get(service).and_then(|r| r.reason.clone());
-            self.settle(service, Phase::Released, reason, now, files)
-                .await;
-        }
+            .filter(|r| r.phase == Phase::RolledBack)
+        else {
+            return false;
+        };
+        let reason = r.reason.clone();
+        self.settle(service, Phase::Released, reason, now, files)
+            .await;
+        true
     }
 }
 
@@ -593,7 +595,6 @@ where
             compared: BTreeSet::new(),
             reply,
         };
-        let now = self.now();
         for name in targets {
             let Some(svc) = catalog.get(&name) else {
                 continue;
@@ -609,7 +610,6 @@ where
                 let _caller_may_have_left = req.reply.send(Err(EngineError::NotEnabled(name)));
                 return;
             }
-            self.rollouts.release(&name, now, &self.edges.files).await;
             let images: Vec<String> = svc
                 .images()
                 .filter(|i| pullable(i))
@@ -631,8 +631,6 @@ where
             req.outcomes.push((name, None));
         }
         self.updates.push(req);
-        // A released hold changes units: the pass after the comparison runs them.
-        self.rollouts.pass_due = true;
         self.progress_updates().await;
     }
 
@@ -724,6 +722,13 @@ where
     /// begins a swap (the outcome comes when its window ends).
     async fn compare(&mut self, svc: &Service) -> Option<UpdateOutcome> {
         let name = &svc.name;
+        // The user asked: a rollback stops holding the service (only now that its images
+        // are pulled, so that the pass that follows swaps onto them).
+        let now = self.now();
+        if self.rollouts.release(name, now, &self.edges.files).await {
+            // Its units name the catalog's images again.
+            self.rollouts.pass_due = true;
+        }
         let Some(to_ids) = self.target_ids(svc).await else {
             return outcome(
                 name,
