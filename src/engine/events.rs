@@ -28,6 +28,7 @@ fn differs(a: &ServiceStatus, b: &ServiceStatus) -> bool {
         || a.locked != b.locked
         || a.description != b.description
         || probe(a) != probe(b)
+        || a.update != b.update
 }
 
 impl Tracker {
