@@ -415,6 +415,41 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_rollback_is_in_the_report_and_is_a_change() {
+        let before = snapshot(&[("web", State::Running, None)]);
+        let mut after = before.clone();
+        after.services[0].update = Some(berth_proto::UpdateStatus {
+            state: berth_proto::UpdateState::RolledBack,
+            from: vec!["sha256:aa".into()],
+            to: vec!["localhost/web:2".into()],
+            reason: Some("not healthy within 6s of the swap".into()),
+            at: 1_700_000_050,
+            rollbacks: 1,
+        });
+        assert_ne!(ChangeKey::of(&before), ChangeKey::of(&after));
+        let r = Report::build(&identity(), &after, 1, SentReason::Change, 1_700_000_060, 0);
+        let json = serde_json::to_value(&r).expect("json");
+        assert_eq!(json["services"][0]["update"]["state"], "rolled_back");
+        assert_eq!(
+            json["services"][0]["update"]["reason"],
+            "not healthy within 6s of the swap"
+        );
+        let plain = Report::build(
+            &identity(),
+            &before,
+            1,
+            SentReason::Change,
+            1_700_000_060,
+            0,
+        );
+        let json = serde_json::to_value(&plain).expect("json");
+        assert!(
+            json["services"][0].get("update").is_none(),
+            "absent without one"
+        );
+    }
+
+    #[test]
     fn report_has_the_documented_fields() {
         let snap = snapshot(&[("demo", State::Running, None)]);
         let r = Report::build(&identity(), &snap, 7, SentReason::Change, 1_700_000_000, 2);
