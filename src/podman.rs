@@ -89,6 +89,39 @@ pub enum PodmanError {
     /// The caller dropped the receiver of a pull's progress before the pull finished.
     #[error("{what}: stopped because nobody listens any more")]
     Cancelled { what: String },
+    /// The server is older than berth supports (see [`check_supported`]).
+    #[error(
+        "Podman {version} is not supported: berth needs Podman {}.{} or newer (Podman 3.0's rootless API service does not take podman.socket's socket from systemd and deletes the socket file when it goes idle, so the API is gone 5 s after each use)",
+        MIN_VERSION.0,
+        MIN_VERSION.1
+    )]
+    Unsupported { version: String },
+}
+
+/// The oldest Podman berth runs on: Ubuntu 22.04's 3.4. Podman 3.0.1 (Debian 11) was tried
+/// in a booted VM (`image-build/compat`): its rootless `podman system service` binds
+/// podman.socket's path itself instead of taking systemd's socket, and removes the file when
+/// it exits after its 5 s idle time, so every later call finds no socket (and its pods need
+/// the `k8s.gcr.io/pause` image from a registry).
+pub const MIN_VERSION: (u32, u32) = (3, 4);
+
+/// Whether berth supports the Podman that answered `version` (its `Libpod-API-Version`
+/// header or `/version`: "3.0.0", "4.3.1", "5.4.2", "5.0.0-dev"). A version that does not
+/// parse is let through: refusing a working Podman over an odd string would be worse.
+pub fn check_supported(version: &str) -> Result<(), PodmanError> {
+    let mut parts = version
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(str::parse::<u32>);
+    let (Some(Ok(major)), Some(Ok(minor))) = (parts.next(), parts.next()) else {
+        return Ok(());
+    };
+    if (major, minor) < MIN_VERSION {
+        return Err(PodmanError::Unsupported {
+            version: version.trim().to_owned(),
+        });
+    }
+    Ok(())
 }
 
 /// The Podman calls berth makes; [`PodmanClient`] is the real one, tests use fakes.
@@ -1381,6 +1414,31 @@ mod tests {
         let mut short = LogDemux::default();
         assert!(short.push(b"hi\n").is_empty(), "undecided below 8 bytes");
         assert_eq!(short.finish(), ["hi"]);
+    }
+
+    #[test]
+    fn podman_older_than_3_4_is_refused_with_the_reason() {
+        // "3.0.0": the Libpod-API-Version that Podman 3.0.1 sent in the Debian 11 VM.
+        for old in ["3.0.0", "3.0.1", "2.2.1", "3.3.1"] {
+            let err = check_supported(old).expect_err(old).to_string();
+            assert!(
+                err.contains(&format!("Podman {old} is not supported")),
+                "{err}"
+            );
+            assert!(err.contains("3.4 or newer"), "{err}");
+        }
+        for fine in [
+            "3.4.4",
+            "4.3.1",
+            "4.9.3",
+            "5.4.2",
+            "5.0.0-dev",
+            "10.1.0",
+            "",
+            "unknown",
+        ] {
+            assert!(check_supported(fine).is_ok(), "{fine}");
+        }
     }
 
     #[test]
