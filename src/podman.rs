@@ -1416,6 +1416,96 @@ mod tests {
         assert_eq!(short.finish(), ["hi"]);
     }
 
+    /// Real answers recorded in the compat VMs (`image-build/compat --record`), one folder per
+    /// Podman version: a busybox httpd container `compat-rec` with label
+    /// `berth.service=compat-rec`, a health check that passed, and 8080 published on
+    /// 127.0.0.1.
+    struct Recorded {
+        version: &'static str,
+        ping_headers: &'static str,
+        list: &'static str,
+        inspect: &'static str,
+        inspect_404: &'static str,
+        stats: &'static str,
+    }
+
+    macro_rules! recorded {
+        ($v:literal) => {
+            Recorded {
+                version: $v,
+                ping_headers: include_str!(concat!("podman/fixtures/podman-", $v, "/ping-headers.txt")),
+                list: include_str!(concat!("podman/fixtures/podman-", $v, "/containers-json.json")),
+                inspect: include_str!(concat!("podman/fixtures/podman-", $v, "/container-inspect.json")),
+                inspect_404: include_str!(concat!("podman/fixtures/podman-", $v, "/container-inspect-404.json")),
+                stats: include_str!(concat!("podman/fixtures/podman-", $v, "/containers-stats.json")),
+            }
+        };
+    }
+
+    fn recorded() -> Vec<Recorded> {
+        vec![recorded!("3.0.1")]
+    }
+
+    #[test]
+    fn recorded_answers_of_each_podman_decode() {
+        for r in recorded() {
+            let v = r.version;
+            let api = r
+                .ping_headers
+                .trim()
+                .split_once(':')
+                .map(|(_, v)| v.trim())
+                .unwrap_or_default();
+            assert!(!api.is_empty(), "{v}: no Libpod-API-Version: {}", r.ping_headers);
+
+            let list: Vec<ContainerSummary> = serde_json::from_str::<Vec<RawListContainer>>(r.list)
+                .unwrap_or_else(|e| panic!("{v}: list: {e}"))
+                .into_iter()
+                .map(Into::into)
+                .collect();
+            assert_eq!(list.len(), 1, "{v}: {list:?}");
+            assert_eq!(list[0].names, ["compat-rec"], "{v}");
+            assert_eq!(list[0].state, "running", "{v}");
+            assert_eq!(list[0].labels["berth.service"], "compat-rec", "{v}");
+            assert!(list[0].started_at > 1_700_000_000, "{v}: {}", list[0].started_at);
+
+            let inspect: ContainerInspect = serde_json::from_str::<RawInspect>(r.inspect)
+                .unwrap_or_else(|e| panic!("{v}: inspect: {e}"))
+                .into();
+            assert_eq!(inspect.name, "compat-rec", "{v}");
+            assert_eq!(inspect.image, "localhost/berth-demo:1", "{v}");
+            assert!(inspect.running, "{v}");
+            assert_eq!(inspect.health.as_deref(), Some("healthy"), "{v}");
+            assert_eq!(inspect.failing_streak, 0, "{v}");
+            assert_eq!(inspect.labels["berth.service"], "compat-rec", "{v}");
+            assert_eq!(inspect.ports.len(), 1, "{v}: {:?}", inspect.ports);
+            assert!(inspect.ports.get(&8080).is_some_and(|p| *p > 0), "{v}: {:?}", inspect.ports);
+
+            // 3.0 names the container bare, later versions quote it.
+            let msg = error_message(StatusCode::NOT_FOUND, r.inspect_404.as_bytes());
+            assert!(
+                msg.starts_with("no container with name or ID")
+                    && msg.contains("nonexistent-compat")
+                    && msg.ends_with("no such container"),
+                "{v}: {msg}"
+            );
+
+            let stats: RawStatsAnswer =
+                serde_json::from_str(r.stats).unwrap_or_else(|e| panic!("{v}: stats: {e}"));
+            assert_eq!(stats.stats.len(), 1, "{v}");
+            assert_eq!(stats.stats[0].name, "compat-rec", "{v}");
+            assert!(stats.stats[0].mem_usage > 0 && stats.stats[0].mem_limit > 0, "{v}");
+        }
+    }
+
+    #[test]
+    fn the_api_version_podman_3_0_1_sends_is_refused() {
+        let r = recorded!("3.0.1");
+        let api = r.ping_headers.trim().rsplit(' ').next().unwrap_or_default();
+        assert_eq!(api, "3.0.0");
+        assert!(check_supported(api).is_err());
+    }
+
     #[test]
     fn podman_older_than_3_4_is_refused_with_the_reason() {
         // "3.0.0": the Libpod-API-Version that Podman 3.0.1 sent in the Debian 11 VM.
