@@ -98,6 +98,17 @@ pub enum PodmanError {
     Unsupported { version: String },
 }
 
+/// libpod's "stopped" is a container whose process ended and whose cleanup has not run yet;
+/// Podman 5.4.2 (Debian 13 VM) answered it for a while after the exit, where 4.3 went straight
+/// to "exited". For berth both are the same: the process is gone and its exit code is set.
+fn exited_if_stopped(status: String) -> String {
+    if status == "stopped" {
+        "exited".to_owned()
+    } else {
+        status
+    }
+}
+
 /// The oldest Podman berth runs on: Ubuntu 22.04's 3.4. Podman 3.0.1 (Debian 11) was tried
 /// in a booted VM (`image-build/compat`): its rootless `podman system service` binds
 /// podman.socket's path itself instead of taking systemd's socket, and removes the file when
@@ -943,7 +954,7 @@ impl From<RawInspect> for ContainerInspect {
             // The Docker-compatible API prefixes names with '/'; libpod does not.
             name: raw.name.trim_start_matches('/').to_owned(),
             image,
-            status: raw.state.status,
+            status: exited_if_stopped(raw.state.status),
             running: raw.state.running,
             started_at: raw.state.started_at,
             exit_code: raw.state.exit_code,
@@ -1315,6 +1326,15 @@ mod tests {
     }
 
     #[test]
+    fn inspect_podman_5_stopped_before_cleanup_is_exited() {
+        let inspect = decode_inspect(
+            r#"{"Id": "x", "State": {"Status": "stopped", "Running": false, "ExitCode": 3}}"#,
+        );
+        assert_eq!(inspect.status, "exited");
+        assert_eq!(inspect.exit_code, 3);
+    }
+
+    #[test]
     fn inspect_tolerates_missing_state_and_config() {
         let inspect = decode_inspect(r#"{"Id": "x", "Name": "y", "State": null}"#);
         assert_eq!(inspect.status, "");
@@ -1433,17 +1453,56 @@ mod tests {
         ($v:literal) => {
             Recorded {
                 version: $v,
-                ping_headers: include_str!(concat!("podman/fixtures/podman-", $v, "/ping-headers.txt")),
-                list: include_str!(concat!("podman/fixtures/podman-", $v, "/containers-json.json")),
-                inspect: include_str!(concat!("podman/fixtures/podman-", $v, "/container-inspect.json")),
-                inspect_404: include_str!(concat!("podman/fixtures/podman-", $v, "/container-inspect-404.json")),
-                stats: include_str!(concat!("podman/fixtures/podman-", $v, "/containers-stats.json")),
+                ping_headers: include_str!(concat!(
+                    "podman/fixtures/podman-",
+                    $v,
+                    "/ping-headers.txt"
+                )),
+                list: include_str!(concat!(
+                    "podman/fixtures/podman-",
+                    $v,
+                    "/containers-json.json"
+                )),
+                inspect: include_str!(concat!(
+                    "podman/fixtures/podman-",
+                    $v,
+                    "/container-inspect.json"
+                )),
+                inspect_404: include_str!(concat!(
+                    "podman/fixtures/podman-",
+                    $v,
+                    "/container-inspect-404.json"
+                )),
+                stats: include_str!(concat!(
+                    "podman/fixtures/podman-",
+                    $v,
+                    "/containers-stats.json"
+                )),
             }
         };
     }
 
     fn recorded() -> Vec<Recorded> {
-        vec![recorded!("3.0.1")]
+        vec![recorded!("3.0.1"), recorded!("5.4.2")]
+    }
+
+    #[test]
+    fn recorded_podman_5_4_2_version_and_pod_infra() {
+        let version: RawVersion =
+            serde_json::from_str(include_str!("podman/fixtures/podman-5.4.2/version.json"))
+                .expect("version decodes");
+        assert_eq!(version.version, "5.4.2");
+        // The field pod_infra reads.
+        let pod: serde_json::Value = serde_json::from_str(include_str!(
+            "podman/fixtures/podman-5.4.2/pod-inspect.json"
+        ))
+        .expect("pod decodes");
+        assert!(
+            pod["InfraContainerID"]
+                .as_str()
+                .is_some_and(|id| !id.is_empty()),
+            "{pod}"
+        );
     }
 
     #[test]
@@ -1456,7 +1515,11 @@ mod tests {
                 .split_once(':')
                 .map(|(_, v)| v.trim())
                 .unwrap_or_default();
-            assert!(!api.is_empty(), "{v}: no Libpod-API-Version: {}", r.ping_headers);
+            assert!(
+                !api.is_empty(),
+                "{v}: no Libpod-API-Version: {}",
+                r.ping_headers
+            );
 
             let list: Vec<ContainerSummary> = serde_json::from_str::<Vec<RawListContainer>>(r.list)
                 .unwrap_or_else(|e| panic!("{v}: list: {e}"))
@@ -1467,7 +1530,11 @@ mod tests {
             assert_eq!(list[0].names, ["compat-rec"], "{v}");
             assert_eq!(list[0].state, "running", "{v}");
             assert_eq!(list[0].labels["berth.service"], "compat-rec", "{v}");
-            assert!(list[0].started_at > 1_700_000_000, "{v}: {}", list[0].started_at);
+            assert!(
+                list[0].started_at > 1_700_000_000,
+                "{v}: {}",
+                list[0].started_at
+            );
 
             let inspect: ContainerInspect = serde_json::from_str::<RawInspect>(r.inspect)
                 .unwrap_or_else(|e| panic!("{v}: inspect: {e}"))
@@ -1479,7 +1546,11 @@ mod tests {
             assert_eq!(inspect.failing_streak, 0, "{v}");
             assert_eq!(inspect.labels["berth.service"], "compat-rec", "{v}");
             assert_eq!(inspect.ports.len(), 1, "{v}: {:?}", inspect.ports);
-            assert!(inspect.ports.get(&8080).is_some_and(|p| *p > 0), "{v}: {:?}", inspect.ports);
+            assert!(
+                inspect.ports.get(&8080).is_some_and(|p| *p > 0),
+                "{v}: {:?}",
+                inspect.ports
+            );
 
             // 3.0 names the container bare, later versions quote it.
             let msg = error_message(StatusCode::NOT_FOUND, r.inspect_404.as_bytes());
@@ -1494,7 +1565,10 @@ mod tests {
                 serde_json::from_str(r.stats).unwrap_or_else(|e| panic!("{v}: stats: {e}"));
             assert_eq!(stats.stats.len(), 1, "{v}");
             assert_eq!(stats.stats[0].name, "compat-rec", "{v}");
-            assert!(stats.stats[0].mem_usage > 0 && stats.stats[0].mem_limit > 0, "{v}");
+            assert!(
+                stats.stats[0].mem_usage > 0 && stats.stats[0].mem_limit > 0,
+                "{v}"
+            );
         }
     }
 
