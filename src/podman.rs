@@ -1483,7 +1483,7 @@ mod tests {
     }
 
     fn recorded() -> Vec<Recorded> {
-        vec![recorded!("3.0.1"), recorded!("5.4.2")]
+        vec![recorded!("3.0.1"), recorded!("4.3.1"), recorded!("5.4.2")]
     }
 
     #[test]
