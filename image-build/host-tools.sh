@@ -36,9 +36,9 @@ host_tools() {
     echo "host-tools: installing ${missing[*]}" >&2
     DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
     if ((${#bp[@]})); then
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q -t bookworm-backports "${bp[@]}" >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=600 -t bookworm-backports "${bp[@]}" >/dev/null
     fi
     if ((${#plain[@]})); then
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${plain[@]}" >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=600 --no-install-recommends "${plain[@]}" >/dev/null
     fi
 }

@@ -51,6 +51,8 @@ pub enum DaemonError {
     /// in systemd's fd store.
     #[error("{} changed: berth exits to start again with it (services keep running)", .0.display())]
     ConfigChanged(std::path::PathBuf),
+    #[error(transparent)]
+    Podman(crate::podman::PodmanError),
     #[error("another berth daemon already manages this user's units (lock {} is held)", .0.display())]
     Locked(std::path::PathBuf),
     #[error("cannot take the daemon lock {}", path.display())]
@@ -210,6 +212,12 @@ pub async fn start(
     }
     let socket = PodmanClient::default_socket().ok_or(DaemonError::NoPodman)?;
     let podman = PodmanClient::new(socket);
+    // A Podman that answers and is too old is refused here, before berth writes any unit. One
+    // that does not answer yet is no reason to stop: services keep running without it.
+    match podman.ping().await {
+        Ok(version) => crate::podman::check_supported(&version).map_err(DaemonError::Podman)?,
+        Err(err) => warn!(%err, "Podman's API does not answer at start"),
+    }
     let systemd = UserManager::connect().await?;
     let mut ctx = detect_render_ctx();
     // Units call the daemon back (the relays hook): at its socket if it is not the usual one.

@@ -89,6 +89,50 @@ pub enum PodmanError {
     /// The caller dropped the receiver of a pull's progress before the pull finished.
     #[error("{what}: stopped because nobody listens any more")]
     Cancelled { what: String },
+    /// The server is older than berth supports (see [`check_supported`]).
+    #[error(
+        "Podman {version} is not supported: berth needs Podman {}.{} or newer (Podman 3.0's rootless API service does not take podman.socket's socket from systemd and deletes the socket file when it goes idle, so the API is gone 5 s after each use)",
+        MIN_VERSION.0,
+        MIN_VERSION.1
+    )]
+    Unsupported { version: String },
+}
+
+/// libpod's "stopped" is a container whose process ended and whose cleanup has not run yet;
+/// Podman 5.4.2 (Debian 13 VM) answered it for a while after the exit, where 4.3 went straight
+/// to "exited". For berth both are the same: the process is gone and its exit code is set.
+fn exited_if_stopped(status: String) -> String {
+    if status == "stopped" {
+        "exited".to_owned()
+    } else {
+        status
+    }
+}
+
+/// The oldest Podman berth runs on: Ubuntu 22.04's 3.4. Podman 3.0.1 (Debian 11) was tried
+/// in a booted VM (`image-build/compat`): its rootless `podman system service` binds
+/// podman.socket's path itself instead of taking systemd's socket, and removes the file when
+/// it exits after its 5 s idle time, so every later call finds no socket (and its pods need
+/// the `k8s.gcr.io/pause` image from a registry).
+pub const MIN_VERSION: (u32, u32) = (3, 4);
+
+/// Whether berth supports the Podman that answered `version` (its `Libpod-API-Version`
+/// header or `/version`: "3.0.0", "4.3.1", "5.4.2", "5.0.0-dev"). A version that does not
+/// parse is let through: refusing a working Podman over an odd string would be worse.
+pub fn check_supported(version: &str) -> Result<(), PodmanError> {
+    let mut parts = version
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(str::parse::<u32>);
+    let (Some(Ok(major)), Some(Ok(minor))) = (parts.next(), parts.next()) else {
+        return Ok(());
+    };
+    if (major, minor) < MIN_VERSION {
+        return Err(PodmanError::Unsupported {
+            version: version.trim().to_owned(),
+        });
+    }
+    Ok(())
 }
 
 /// The Podman calls berth makes; [`PodmanClient`] is the real one, tests use fakes.
@@ -938,7 +982,7 @@ impl From<RawInspect> for ContainerInspect {
             name: raw.name.trim_start_matches('/').to_owned(),
             image,
             image_id,
-            status: raw.state.status,
+            status: exited_if_stopped(raw.state.status),
             running: raw.state.running,
             started_at: raw.state.started_at,
             exit_code: raw.state.exit_code,
@@ -1310,6 +1354,15 @@ mod tests {
     }
 
     #[test]
+    fn inspect_podman_5_stopped_before_cleanup_is_exited() {
+        let inspect = decode_inspect(
+            r#"{"Id": "x", "State": {"Status": "stopped", "Running": false, "ExitCode": 3}}"#,
+        );
+        assert_eq!(inspect.status, "exited");
+        assert_eq!(inspect.exit_code, 3);
+    }
+
+    #[test]
     fn inspect_tolerates_missing_state_and_config() {
         let inspect = decode_inspect(r#"{"Id": "x", "Name": "y", "State": null}"#);
         assert_eq!(inspect.status, "");
@@ -1409,6 +1462,175 @@ mod tests {
         let mut short = LogDemux::default();
         assert!(short.push(b"hi\n").is_empty(), "undecided below 8 bytes");
         assert_eq!(short.finish(), ["hi"]);
+    }
+
+    /// Real answers recorded in the compat VMs (`image-build/compat --record`), one folder per
+    /// Podman version: a busybox httpd container `compat-rec` with label
+    /// `berth.service=compat-rec`, a health check that passed, and 8080 published on
+    /// 127.0.0.1.
+    struct Recorded {
+        version: &'static str,
+        ping_headers: &'static str,
+        list: &'static str,
+        inspect: &'static str,
+        inspect_404: &'static str,
+        stats: &'static str,
+    }
+
+    macro_rules! recorded {
+        ($v:literal) => {
+            Recorded {
+                version: $v,
+                ping_headers: include_str!(concat!(
+                    "podman/fixtures/podman-",
+                    $v,
+                    "/ping-headers.txt"
+                )),
+                list: include_str!(concat!(
+                    "podman/fixtures/podman-",
+                    $v,
+                    "/containers-json.json"
+                )),
+                inspect: include_str!(concat!(
+                    "podman/fixtures/podman-",
+                    $v,
+                    "/container-inspect.json"
+                )),
+                inspect_404: include_str!(concat!(
+                    "podman/fixtures/podman-",
+                    $v,
+                    "/container-inspect-404.json"
+                )),
+                stats: include_str!(concat!(
+                    "podman/fixtures/podman-",
+                    $v,
+                    "/containers-stats.json"
+                )),
+            }
+        };
+    }
+
+    fn recorded() -> Vec<Recorded> {
+        vec![recorded!("3.0.1"), recorded!("4.3.1"), recorded!("5.4.2")]
+    }
+
+    #[test]
+    fn recorded_podman_5_4_2_version_and_pod_infra() {
+        let version: RawVersion =
+            serde_json::from_str(include_str!("podman/fixtures/podman-5.4.2/version.json"))
+                .expect("version decodes");
+        assert_eq!(version.version, "5.4.2");
+        // The field pod_infra reads.
+        let pod: serde_json::Value = serde_json::from_str(include_str!(
+            "podman/fixtures/podman-5.4.2/pod-inspect.json"
+        ))
+        .expect("pod decodes");
+        assert!(
+            pod["InfraContainerID"]
+                .as_str()
+                .is_some_and(|id| !id.is_empty()),
+            "{pod}"
+        );
+    }
+
+    #[test]
+    fn recorded_answers_of_each_podman_decode() {
+        for r in recorded() {
+            let v = r.version;
+            let api = r
+                .ping_headers
+                .trim()
+                .split_once(':')
+                .map(|(_, v)| v.trim())
+                .unwrap_or_default();
+            assert!(
+                !api.is_empty(),
+                "{v}: no Libpod-API-Version: {}",
+                r.ping_headers
+            );
+
+            let list: Vec<ContainerSummary> = serde_json::from_str::<Vec<RawListContainer>>(r.list)
+                .unwrap_or_else(|e| panic!("{v}: list: {e}"))
+                .into_iter()
+                .map(Into::into)
+                .collect();
+            assert_eq!(list.len(), 1, "{v}: {list:?}");
+            assert_eq!(list[0].names, ["compat-rec"], "{v}");
+            assert_eq!(list[0].state, "running", "{v}");
+            assert_eq!(list[0].labels["berth.service"], "compat-rec", "{v}");
+            assert!(
+                list[0].started_at > 1_700_000_000,
+                "{v}: {}",
+                list[0].started_at
+            );
+
+            let inspect: ContainerInspect = serde_json::from_str::<RawInspect>(r.inspect)
+                .unwrap_or_else(|e| panic!("{v}: inspect: {e}"))
+                .into();
+            assert_eq!(inspect.name, "compat-rec", "{v}");
+            assert_eq!(inspect.image, "localhost/berth-demo:1", "{v}");
+            assert!(inspect.running, "{v}");
+            assert_eq!(inspect.health.as_deref(), Some("healthy"), "{v}");
+            assert_eq!(inspect.failing_streak, 0, "{v}");
+            assert_eq!(inspect.labels["berth.service"], "compat-rec", "{v}");
+            assert_eq!(inspect.ports.len(), 1, "{v}: {:?}", inspect.ports);
+            assert!(
+                inspect.ports.get(&8080).is_some_and(|p| *p > 0),
+                "{v}: {:?}",
+                inspect.ports
+            );
+
+            // 3.0 names the container bare, later versions quote it.
+            let msg = error_message(StatusCode::NOT_FOUND, r.inspect_404.as_bytes());
+            assert!(
+                msg.starts_with("no container with name or ID")
+                    && msg.contains("nonexistent-compat")
+                    && msg.ends_with("no such container"),
+                "{v}: {msg}"
+            );
+
+            let stats: RawStatsAnswer =
+                serde_json::from_str(r.stats).unwrap_or_else(|e| panic!("{v}: stats: {e}"));
+            assert_eq!(stats.stats.len(), 1, "{v}");
+            assert_eq!(stats.stats[0].name, "compat-rec", "{v}");
+            assert!(
+                stats.stats[0].mem_usage > 0 && stats.stats[0].mem_limit > 0,
+                "{v}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_api_version_podman_3_0_1_sends_is_refused() {
+        let r = recorded!("3.0.1");
+        let api = r.ping_headers.trim().rsplit(' ').next().unwrap_or_default();
+        assert_eq!(api, "3.0.0");
+        assert!(check_supported(api).is_err());
+    }
+
+    #[test]
+    fn podman_older_than_3_4_is_refused_with_the_reason() {
+        // "3.0.0": the Libpod-API-Version that Podman 3.0.1 sent in the Debian 11 VM.
+        for old in ["3.0.0", "3.0.1", "2.2.1", "3.3.1"] {
+            let err = check_supported(old).expect_err(old).to_string();
+            assert!(
+                err.contains(&format!("Podman {old} is not supported")),
+                "{err}"
+            );
+            assert!(err.contains("3.4 or newer"), "{err}");
+        }
+        for fine in [
+            "3.4.4",
+            "4.3.1",
+            "4.9.3",
+            "5.4.2",
+            "5.0.0-dev",
+            "10.1.0",
+            "",
+            "unknown",
+        ] {
+            assert!(check_supported(fine).is_ok(), "{fine}");
+        }
     }
 
     #[test]

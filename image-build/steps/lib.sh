@@ -12,6 +12,7 @@
 #   BERTH_IMAGE_PRELOAD   service names whose images go into the shared store (the demo always)
 #   BERTH_IMAGE_ARCHIVES  image archives (docker-archive/oci-archive .tar) to load into it
 #   BERTH_IMAGE_ZED       a Zed editor .deb or .tar.gz to install (optional)
+#   BERTH_IMAGE_PACKAGES  more packages to install (optional; the compat lane's test tools)
 set -euo pipefail
 
 BERTH_PAYLOAD=${BERTH_PAYLOAD:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
