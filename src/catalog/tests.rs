@@ -350,8 +350,8 @@ fn a_container_port_on_a_used_services_stable_port_is_refused_naming_both() {
     assert!(text.contains("a/api.toml"), "{text}");
 }
 
-#[test]
-fn service_urls_resolve_only_for_used_services() {
+/// `client` uses `api` through `${service.api.url}` (env A) and `${service.api.http.url}` (B).
+fn api_and_client() -> [Source; 2] {
     let api = GOOD.replace("\"web\"", "\"api\"").replace("18081", "18090");
     let client = GOOD
         .replace("name = \"web\"", "name = \"client\"\nuses = [\"api\"]")
@@ -360,6 +360,15 @@ fn service_urls_resolve_only_for_used_services() {
             "A = \"${service.api.url}/v1\", B = \"${service.api.http.url}\"",
         )
         .replace("18081", "18091");
+    [
+        Source::new("a/api.toml", api),
+        Source::new("c/client.toml", client),
+    ]
+}
+
+#[test]
+fn service_urls_resolve_only_for_used_services() {
+    let [api, client] = api_and_client().map(|s| s.text);
     let c = from_sources(
         None,
         &[
@@ -1041,21 +1050,6 @@ fn the_example_policy_validates_against_the_built_in_catalog() {
 }
 
 // ---- services the cloud provides ---------------------------------------------------------
-
-fn api_and_client() -> Vec<Source> {
-    let api = GOOD.replace("\"web\"", "\"api\"").replace("18081", "18090");
-    let client = GOOD
-        .replace("name = \"web\"", "name = \"client\"\nuses = [\"api\"]")
-        .replace(
-            "A = \"1\"",
-            "A = \"${service.api.url}/v1\", B = \"${service.api.http.url}\"",
-        )
-        .replace("18081", "18091");
-    vec![
-        Source::new("a/api.toml", api),
-        Source::new("c/client.toml", client),
-    ]
-}
 
 #[test]
 fn a_remote_service_gives_its_consumers_the_clouds_url_and_is_not_offered_locally() {

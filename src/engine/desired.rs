@@ -167,20 +167,21 @@ mod tests {
         )
     }
 
+    /// `web` uses `api` and `cache`.
+    fn web_using_api_and_cache() -> [Source; 3] {
+        [
+            Source::new("t/api.toml", service("api", 18090, "")),
+            Source::new("t/cache.toml", service("cache", 18092, "")),
+            Source::new(
+                "t/web.toml",
+                service("web", 18091, "uses = [\"api\", \"cache\"]"),
+            ),
+        ]
+    }
+
     #[test]
     fn relays_follow_enabled_consumers_and_say_which_used_services_are_off() {
-        let c = from_sources(
-            None,
-            &[
-                Source::new("t/api.toml", service("api", 18090, "")),
-                Source::new("t/cache.toml", service("cache", 18092, "")),
-                Source::new(
-                    "t/web.toml",
-                    service("web", 18091, "uses = [\"api\", \"cache\"]"),
-                ),
-            ],
-        )
-        .expect("valid");
+        let c = from_sources(None, &web_using_api_and_cache()).expect("valid");
         let mut state = UserState::default();
         assert!(relay_wants(&c, &state, &[]).is_empty(), "web is off");
         state.set("web", Choice::On);
@@ -204,18 +205,7 @@ mod tests {
             "/etc/berth/policy.toml",
             "[remote_services.api]\nurl = \"http://10.0.0.5:11434\"\n",
         );
-        let c = from_sources(
-            Some(&policy),
-            &[
-                Source::new("t/api.toml", service("api", 18090, "")),
-                Source::new("t/cache.toml", service("cache", 18092, "")),
-                Source::new(
-                    "t/web.toml",
-                    service("web", 18091, "uses = [\"api\", \"cache\"]"),
-                ),
-            ],
-        )
-        .expect("valid");
+        let c = from_sources(Some(&policy), &web_using_api_and_cache()).expect("valid");
         let mut state = UserState::default();
         state.set("web", Choice::On);
         state.set("cache", Choice::On);
